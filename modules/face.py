@@ -1,0 +1,88 @@
+"""Plain records passed between the stages (detector -> aligner -> embedder -> matcher)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+UNKNOWN = "unknown"
+
+
+@dataclass
+class Face:
+    """One detected face.
+
+    ``box`` is ``[x1, y1, x2, y2]`` and ``landmarks`` is ``(5, 2)`` in the pixel
+    coordinates of the image that was passed to the detector, in the ArcFace
+    order: eye, eye, nose tip, mouth corner, mouth corner, image-left first.
+    """
+
+    box: np.ndarray
+    landmarks: np.ndarray
+    det_score: float
+    aligned: np.ndarray | None = None  # 112x112x3 BGR uint8 crop on the ArcFace template
+    embedding: np.ndarray | None = None  # L2-normalised float32
+    embedder: str | None = None  # id of the model that produced ``embedding``
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def width(self) -> float:
+        return float(self.box[2] - self.box[0])
+
+    @property
+    def height(self) -> float:
+        return float(self.box[3] - self.box[1])
+
+    @property
+    def size(self) -> float:
+        """Shorter side of the box in pixels (what minimum-size rules use)."""
+        return min(self.width, self.height)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "box": [round(float(v), 1) for v in self.box],
+            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks],
+            "det_score": round(float(self.det_score), 4),
+        }
+        out.update(self.attributes)
+        return out
+
+
+@dataclass
+class Candidate:
+    """One person a face may be, with the best cosine similarity over their faces."""
+
+    person: str
+    similarity: float
+    person_id: int | None = None
+    face_id: int | None = None  # the enrolled face that gave ``similarity``
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.person,
+            "person_id": self.person_id,
+            "face_id": self.face_id,
+            "similarity": round(float(self.similarity), 4),
+        }
+
+
+@dataclass
+class Identification:
+    """Decision for one face: best name (or ``unknown``) plus the top-k candidates."""
+
+    name: str
+    similarity: float
+    candidates: list[Candidate]
+    threshold: float
+
+    @property
+    def known(self) -> bool:
+        return self.name != UNKNOWN
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "similarity": round(float(self.similarity), 4),
+            "candidates": [c.to_dict() for c in self.candidates],
+        }

@@ -1,0 +1,109 @@
+"""Decoding untrusted image bytes into BGR uint8 arrays, safely.
+
+Handles what real uploads contain: EXIF-rotated phone photos, grayscale,
+RGBA/palette images with transparency, 16-bit PNGs, CMYK JPEGs, animated
+GIFs (first frame).  Refuses, with a typed error, empty or truncated files,
+non-images, unsupported formats and decompression bombs (the declared pixel
+count is checked before any pixel is decoded).
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import BadImageError, ImageTooLargeError, UnsupportedMediaError
+
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 40_000_000  # e.g. 8000x5000
+SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"}
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        arr = np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Decode ``data`` to an ``(H, W, 3)`` BGR uint8 array, upright per EXIF."""
+    if not data:
+        raise BadImageError("the file is empty")
+    if len(data) > max_bytes:
+        raise ImageTooLargeError(f"the file is {len(data)} bytes; the limit is {max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format
+            if fmt not in SUPPORTED_FORMATS:
+                raise UnsupportedMediaError(
+                    f"image format {fmt} is not supported; use one of {', '.join(sorted(SUPPORTED_FORMATS))}"
+                )
+            w, h = img.size
+            if w <= 0 or h <= 0:
+                raise BadImageError(f"the image declares an empty size {w}x{h}")
+            if w * h > max_pixels:
+                raise ImageTooLargeError(f"the image is {w}x{h} pixels; the limit is {max_pixels} pixels")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            rgb = _to_rgb(img)
+    except (UnsupportedMediaError, ImageTooLargeError, BadImageError):
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"the image is too large to decode safely: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise BadImageError("the file is not a decodable image") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+        raise BadImageError(f"the image could not be decoded (truncated or corrupt): {exc}") from exc
+    arr = np.asarray(rgb, dtype=np.uint8)
+    return np.ascontiguousarray(arr[:, :, ::-1])
+
+
+def read_image(path: str | Path, **limits) -> np.ndarray:
+    """Read and decode an image file; unreadable files raise :class:`BadImageError`."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except IsADirectoryError as exc:
+        raise BadImageError(f"{p} is a directory, not an image") from exc
+    except OSError as exc:
+        raise BadImageError(f"cannot read {p}: {exc.strerror or exc}") from exc
+    return decode_image(data, **limits)
+
+
+def encode_jpeg(image_bgr: np.ndarray, quality: int = 90) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:  # pragma: no cover - cv2 only fails on empty input
+        raise BadImageError("could not encode image")
+    return buf.tobytes()
+
+
+def encode_png(image_bgr: np.ndarray) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", image_bgr)
+    if not ok:  # pragma: no cover
+        raise BadImageError("could not encode image")
+    return buf.tobytes()

@@ -1,0 +1,309 @@
+"""The Python API: one object that detects, aligns, embeds, identifies, verifies and enrolls.
+
+    >>> from modules.recognizer import FaceRecognizer
+    >>> rec = FaceRecognizer.from_config("configs/sface.yaml", gallery="data/gallery.db")
+    >>> rec.enroll("default", "obama", ["obama1.jpg", "obama2.jpg"])
+    >>> result = rec.identify("group.jpg")          # every face, each with a name or "unknown"
+    >>> rec.verify("a.jpg", "b.jpg").same
+
+Models load once in the constructor and the object may be shared between threads.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .alignment import Aligner
+from .config import Config, load_config
+from .detection import YuNetDetector
+from .embedders import Embedder, build_embedder
+from .errors import InvalidRequestError, MultipleFacesError, NoFaceError
+from .face import Face, Identification
+from .images import decode_image, encode_png, read_image
+from .matching import Matcher, Verification
+
+ImageInput = np.ndarray | bytes | str | Path
+FacePolicy = Literal["largest", "center", "error"]
+
+
+@dataclass
+class RecognizedFace:
+    face: Face
+    identification: Identification | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.face.to_dict()
+        if self.identification is not None:
+            out.update(self.identification.to_dict())
+        return out
+
+
+@dataclass
+class RecognitionResult:
+    faces: list[RecognizedFace]
+    width: int
+    height: int
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    gallery: str | None = None
+    model: str | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [f.identification.name for f in self.faces if f.identification is not None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "faces": [f.to_dict() for f in self.faces],
+            "image": {"width": self.width, "height": self.height},
+            "gallery": self.gallery,
+            "model": self.model,
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+        }
+
+
+@dataclass
+class VerifyResult(Verification):
+    face_a: Face | None = None
+    face_b: Face | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["face_a"] = self.face_a.to_dict() if self.face_a is not None else None
+        out["face_b"] = self.face_b.to_dict() if self.face_b is not None else None
+        return out
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self._t0 = time.perf_counter()
+        self._last = self._t0
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.ms[name] = self.ms.get(name, 0.0) + (now - self._last) * 1000
+        self._last = now
+
+    def total(self) -> dict[str, float]:
+        self.ms["total"] = (time.perf_counter() - self._t0) * 1000
+        return self.ms
+
+
+def primary_face(faces: Sequence[Face], shape: tuple[int, ...], policy: FacePolicy = "largest") -> Face:
+    """The one face an operation that needs exactly one face should use."""
+    if not faces:
+        raise NoFaceError("no face was found in the image")
+    if policy == "error":
+        if len(faces) > 1:
+            raise MultipleFacesError(f"{len(faces)} faces were found; exactly one is required")
+        return faces[0]
+    if policy == "center":
+        h, w = shape[:2]
+        c = np.array([w / 2, h / 2])
+
+        def centrality(f: Face) -> float:
+            fc = np.array([(f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2])
+            return float(np.linalg.norm(fc - c))
+
+        return min(faces, key=centrality)
+    return max(faces, key=lambda f: f.width * f.height)
+
+
+class FaceRecognizer:
+    """Detector + aligner + embedder + matcher (+ an optional gallery), loaded once."""
+
+    def __init__(
+        self,
+        config: Config | str | Path | None = None,
+        gallery: Any = None,
+        *,
+        detector: YuNetDetector | None = None,
+        embedder: Embedder | None = None,
+        max_image_bytes: int | None = None,
+        max_image_pixels: int | None = None,
+    ):
+        self.config = config if isinstance(config, Config) else load_config(config)
+        self.detector = detector or YuNetDetector(self.config.detector)
+        self.aligner = Aligner()
+        self.embedder = embedder or build_embedder(self.config)
+        self.matcher = Matcher(self.config.matching)
+        if isinstance(gallery, (str, Path)):
+            from .gallery import open_gallery
+
+            gallery = open_gallery(gallery)
+        self.gallery = gallery
+        self._limits: dict[str, int] = {}
+        if max_image_bytes:
+            self._limits["max_bytes"] = max_image_bytes
+        if max_image_pixels:
+            self._limits["max_pixels"] = max_image_pixels
+
+    @classmethod
+    def from_config(cls, config: str | Path | None = None, gallery: Any = None, **kw: Any) -> FaceRecognizer:
+        return cls(config, gallery, **kw)
+
+    @property
+    def model_id(self) -> str:
+        return self.embedder.model_id
+
+    # --- stages -------------------------------------------------------------------------
+    def load_image(self, image: ImageInput) -> np.ndarray:
+        """BGR uint8 array from an array, encoded bytes or a file path."""
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim not in (2, 3) or image.size == 0:
+                raise InvalidRequestError(f"expected a non-empty uint8 image array, got {image.dtype} {image.shape}")
+            if image.ndim == 2:
+                image = np.repeat(image[:, :, None], 3, axis=2)
+            elif image.shape[2] == 4:
+                image = np.ascontiguousarray(image[:, :, :3])
+            elif image.shape[2] != 3:
+                raise InvalidRequestError(f"expected 1, 3 or 4 channels, got {image.shape[2]}")
+            return image
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return decode_image(bytes(image), **self._limits)
+        if isinstance(image, (str, Path)):
+            return read_image(image, **self._limits)
+        raise InvalidRequestError(f"unsupported image input of type {type(image).__name__}")
+
+    def detect(self, image: ImageInput) -> list[Face]:
+        return self.detector.detect(self.load_image(image))
+
+    def embed_faces(self, image: np.ndarray, faces: Sequence[Face], timer: _Timer | None = None) -> list[Face]:
+        """Align and embed ``faces`` of ``image`` in one batch (sets ``aligned``/``embedding``)."""
+        if not faces:
+            return list(faces)
+        for f in faces:
+            f.aligned = self.aligner.align(image, f.landmarks)
+        if timer:
+            timer.lap("align")
+        embs = self.embedder.embed(np.stack([f.aligned for f in faces]))
+        for f, e in zip(faces, embs):
+            f.embedding = e
+            f.embedder = self.embedder.model_id
+        if timer:
+            timer.lap("embed")
+        return list(faces)
+
+    def analyze(self, image: ImageInput, max_faces: int | None = None) -> tuple[np.ndarray, list[Face], dict[str, float]]:
+        """Decode, detect, align and embed every face (largest first)."""
+        timer = _Timer()
+        img = self.load_image(image)
+        timer.lap("decode")
+        faces = self.detector.detect(img)
+        if max_faces is not None:
+            faces = faces[:max_faces]
+        timer.lap("detect")
+        self.embed_faces(img, faces, timer)
+        return img, faces, timer.ms
+
+    def embed_image(self, image: ImageInput, policy: FacePolicy = "largest") -> Face:
+        """The embedded primary face of an image (:class:`NoFaceError` if none)."""
+        img = self.load_image(image)
+        face = primary_face(self.detector.detect(img), img.shape, policy)
+        self.embed_faces(img, [face])
+        return face
+
+    # --- 1:1 --------------------------------------------------------------------------------
+    def verify(self, image_a: ImageInput, image_b: ImageInput, policy: FacePolicy = "largest") -> VerifyResult:
+        fa = self.embed_image(image_a, policy)
+        fb = self.embed_image(image_b, policy)
+        v = self.matcher.verify(fa.embedding, fb.embedding)
+        return VerifyResult(similarity=v.similarity, same=v.same, threshold=v.threshold, face_a=fa, face_b=fb)
+
+    # --- 1:N --------------------------------------------------------------------------------
+    def _require_gallery(self) -> Any:
+        if self.gallery is None:
+            raise InvalidRequestError("this recognizer has no gallery; pass gallery=... to FaceRecognizer")
+        return self.gallery
+
+    def identify_embeddings(self, embeddings: np.ndarray, gallery: str = "default", top_k: int | None = None) -> list[Identification]:
+        g = self._require_gallery()
+        embeddings = np.atleast_2d(np.asarray(embeddings, np.float32))
+        if len(embeddings) == 0:
+            return []
+        k = top_k or self.config.matching.top_k
+        results = g.search(gallery, embeddings, self.embedder.model_id, k)
+        n_people = g.num_people(gallery)
+        return [self.matcher.decide(cands, n_people) for cands in results]
+
+    def identify(
+        self, image: ImageInput, gallery: str = "default", top_k: int | None = None, max_faces: int | None = None
+    ) -> RecognitionResult:
+        """Every face in the image, each with its best identity or ``unknown`` and top-k candidates."""
+        self._require_gallery()
+        img, faces, timings = self.analyze(image, max_faces=max_faces)
+        t0 = time.perf_counter()
+        idents: list[Identification | None] = [None] * len(faces)
+        if faces:
+            idents = list(self.identify_embeddings(np.stack([f.embedding for f in faces]), gallery, top_k))
+        timings["match"] = (time.perf_counter() - t0) * 1000
+        timings["total"] = sum(timings.values())
+        return RecognitionResult(
+            faces=[RecognizedFace(f, i) for f, i in zip(faces, idents)],
+            width=img.shape[1],
+            height=img.shape[0],
+            timings_ms=timings,
+            gallery=gallery,
+            model=self.embedder.model_id,
+        )
+
+    # --- enrollment -------------------------------------------------------------------------
+    def prepare_enrollment(
+        self,
+        images: Iterable[ImageInput],
+        sources: Sequence[str] | None = None,
+        policy: FacePolicy = "largest",
+    ) -> list[Any]:
+        """Detect and embed one face per image, raising before anything is written."""
+        from .gallery import NewFace
+
+        images = list(images)
+        if not images:
+            raise InvalidRequestError("no images to enroll")
+        if sources is not None and len(sources) != len(images):
+            raise InvalidRequestError("sources must name every image")
+        new: list[NewFace] = []
+        for i, src in enumerate(images):
+            name = sources[i] if sources is not None else (str(src) if isinstance(src, (str, Path)) else f"image {i}")
+            raw = src if isinstance(src, (bytes, bytearray)) else None
+            if isinstance(src, (str, Path)):
+                raw = Path(src).read_bytes() if Path(src).is_file() else None
+            try:
+                img = self.load_image(src)
+                face = primary_face(self.detector.detect(img), img.shape, policy)
+            except (NoFaceError, MultipleFacesError) as exc:
+                raise type(exc)(f"{name}: {exc.message}") from exc
+            self.embed_faces(img, [face])
+            digest = hashlib.sha256(raw if raw is not None else img.tobytes()).hexdigest()
+            new.append(
+                NewFace(
+                    embedding=face.embedding,
+                    embedder=self.embedder.model_id,
+                    crop_png=encode_png(face.aligned),
+                    source=name,
+                    source_sha256=digest,
+                    box=[float(v) for v in face.box],
+                    landmarks=[[float(x), float(y)] for x, y in face.landmarks],
+                    det_score=float(face.det_score),
+                )
+            )
+        return new
+
+    def enroll(
+        self,
+        gallery: str,
+        person: str,
+        images: Iterable[ImageInput],
+        sources: Sequence[str] | None = None,
+        policy: FacePolicy = "largest",
+    ) -> list[int]:
+        """Enroll one face from each image for ``person``; all or nothing. Returns face ids."""
+        g = self._require_gallery()
+        new = self.prepare_enrollment(images, sources, policy)
+        return g.add_faces(gallery, person, new)
