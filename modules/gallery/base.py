@@ -1,0 +1,554 @@
+"""Backend-independent parts of the gallery: records, validation, the abstract store, ranking.
+
+A *gallery* is a named set of *people*; a person has *faces*; a face is one
+enrolled embedding stamped with the id of the model that produced it, plus the
+aligned crop it came from (PNG, so the gallery can be re-embedded with another
+model) and where it came from.  Every face of a gallery comes from the same
+embedder: mixing is refused at enrollment, and a search with another embedder
+raises :class:`~modules.errors.EmbedderMismatchError` naming the fix.
+
+:class:`GalleryStore` is the interface the service and the scripts use;
+:class:`~modules.gallery.sqlite.SQLiteGallery` is the embedded default.  A
+PostgreSQL/pgvector backend implements the same abstract methods.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import unicodedata
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import EmbedderMismatchError, InvalidRequestError
+from ..face import Candidate, Face
+
+MAX_NAME_LEN = 128
+MAX_EMBEDDER_LEN = 128
+MAX_SOURCE_LEN = 1024
+MAX_METADATA_BYTES = 64 * 1024
+MAX_TOP_K = 1000
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+REEMBED_COMMAND = "python -m modules.cli reembed --gallery {gallery} --config CONFIG"
+
+
+# --- validation ---------------------------------------------------------------
+def validate_name(name: Any, what: str = "name") -> str:
+    """A gallery or person name, NFC-normalised; :class:`InvalidRequestError` if unusable.
+
+    Rules: a non-empty string of at most 128 characters, no control characters,
+    no ``/``, no leading/trailing whitespace, not ``.`` or ``..`` (names end up
+    as folder and file names in exports).
+    """
+    if not isinstance(name, str):
+        raise InvalidRequestError(f"{what} must be a string, got {type(name).__name__}")
+    name = unicodedata.normalize("NFC", name)
+    if not name or not name.strip():
+        raise InvalidRequestError(f"{what} must not be empty")
+    if len(name) > MAX_NAME_LEN:
+        raise InvalidRequestError(f"{what} is {len(name)} characters long; the limit is {MAX_NAME_LEN}")
+    if name != name.strip():
+        raise InvalidRequestError(f"{what} {name!r} must not start or end with whitespace")
+    bad = [c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")]
+    if bad:
+        raise InvalidRequestError(f"{what} {name!r} contains a control character ({bad[0]!r})")
+    if "/" in name:
+        raise InvalidRequestError(f"{what} {name!r} must not contain '/'")
+    if name in (".", ".."):
+        raise InvalidRequestError(f"{what} must not be {name!r}")
+    return name
+
+
+def validate_embedder_id(embedder: Any) -> str:
+    if not isinstance(embedder, str) or not embedder.strip():
+        raise InvalidRequestError("embedder id must be a non-empty string")
+    if len(embedder) > MAX_EMBEDDER_LEN or any(unicodedata.category(c) == "Cc" for c in embedder):
+        raise InvalidRequestError(f"embedder id {embedder[:40]!r}... is not a valid model id")
+    return embedder
+
+
+def validate_metadata(metadata: Any) -> str | None:
+    """Person metadata: ``None`` or a JSON object; returned serialised."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping):
+        raise InvalidRequestError(f"person metadata must be a JSON object, got {type(metadata).__name__}")
+    try:
+        text = json.dumps(dict(metadata), allow_nan=False, ensure_ascii=False, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(f"person metadata is not JSON-serialisable: {exc}") from exc
+    if len(text.encode("utf-8")) > MAX_METADATA_BYTES:
+        raise InvalidRequestError(f"person metadata is larger than {MAX_METADATA_BYTES} bytes")
+    return text
+
+
+def as_unit_vector(embedding: Any, what: str = "embedding") -> np.ndarray:
+    """A finite non-zero vector ``(d,)`` or ``(1, d)``, returned L2-normalised as float32 ``(d,)``."""
+    try:
+        v = np.asarray(embedding, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(f"{what} is not a numeric vector: {exc}") from exc
+    if v.ndim == 2 and v.shape[0] == 1:
+        v = v[0]
+    if v.ndim != 1 or v.size == 0:
+        raise InvalidRequestError(f"{what} must be a vector (d,) or (1, d), got shape {v.shape}")
+    if not np.all(np.isfinite(v)):
+        raise InvalidRequestError(f"{what} contains NaN or infinite values")
+    norm = float(np.linalg.norm(v))
+    if not norm > 1e-6:
+        raise InvalidRequestError(f"{what} has zero length")
+    return (v / norm).astype(np.float32)
+
+
+def _json_numbers(value: Any, shape: tuple[int, ...], what: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(f"{what} must be numbers: {exc}") from exc
+    if arr.shape != shape:
+        raise InvalidRequestError(f"{what} must have shape {shape}, got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise InvalidRequestError(f"{what} contains NaN or infinite values")
+    return json.dumps(np.round(arr, 3).tolist())
+
+
+# --- records ------------------------------------------------------------------
+@dataclass
+class NewFace:
+    """One face to enroll: its embedding plus what is kept about where it came from.
+
+    ``crop_png`` is the aligned 112x112 crop as PNG bytes (``None`` only for
+    legacy imports, which then cannot be re-embedded).  ``source`` is a file
+    name/path or a label given by the caller; ``source_sha256`` the hex SHA-256
+    of the source file's bytes.  ``box`` is ``[x1, y1, x2, y2]``, ``landmarks``
+    ``(5, 2)``, both in the source image's pixels.
+    """
+
+    embedding: np.ndarray
+    embedder: str
+    crop_png: bytes | None = None
+    source: str | None = None
+    source_sha256: str | None = None
+    box: Any = None
+    landmarks: Any = None
+    det_score: float | None = None
+
+    @classmethod
+    def from_face(
+        cls,
+        face: Face,
+        *,
+        source: str | None = None,
+        source_sha256: str | None = None,
+        crop_png: bytes | None = None,
+    ) -> "NewFace":
+        """From a detected, aligned and embedded :class:`~modules.face.Face` (PNG-encodes ``face.aligned``)."""
+        if face.embedding is None or face.embedder is None:
+            raise InvalidRequestError("the face has no embedding yet")
+        if crop_png is None and face.aligned is not None:
+            from ..images import encode_png
+
+            crop_png = encode_png(face.aligned)
+        return cls(
+            embedding=face.embedding,
+            embedder=face.embedder,
+            crop_png=crop_png,
+            source=source,
+            source_sha256=source_sha256,
+            box=face.box,
+            landmarks=face.landmarks,
+            det_score=float(face.det_score),
+        )
+
+
+@dataclass
+class ValidFace:
+    """A :class:`NewFace` after validation, ready to store."""
+
+    embedding: np.ndarray  # float32 (d,), unit length
+    embedder: str
+    crop_png: bytes | None
+    source: str | None
+    source_sha256: str | None
+    box_json: str | None
+    landmarks_json: str | None
+    det_score: float | None
+
+    @property
+    def dim(self) -> int:
+        return int(self.embedding.shape[0])
+
+
+def validate_new_face(face: Any, what: str = "face") -> ValidFace:
+    if not isinstance(face, NewFace):
+        raise InvalidRequestError(f"{what} must be a NewFace, got {type(face).__name__}")
+    embedding = as_unit_vector(face.embedding, f"{what} embedding")
+    embedder = validate_embedder_id(face.embedder)
+    crop = face.crop_png
+    if crop is not None:
+        if isinstance(crop, (bytearray, memoryview)):
+            crop = bytes(crop)
+        if not isinstance(crop, bytes) or not crop.startswith(PNG_SIGNATURE):
+            raise InvalidRequestError(f"{what} crop must be PNG bytes")
+    source = face.source
+    if source is not None:
+        if not isinstance(source, str):
+            source = str(source)  # e.g. a Path
+        if len(source) > MAX_SOURCE_LEN or "\x00" in source:
+            raise InvalidRequestError(f"{what} source must be at most {MAX_SOURCE_LEN} characters, no NUL")
+    sha = face.source_sha256
+    if sha is not None:
+        if not isinstance(sha, str) or not _SHA256_RE.match(sha.lower()):
+            raise InvalidRequestError(f"{what} source_sha256 must be 64 hex digits")
+        sha = sha.lower()
+    det_score = face.det_score
+    if det_score is not None:
+        try:
+            det_score = float(det_score)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"{what} det_score must be a number") from exc
+        if not math.isfinite(det_score):
+            raise InvalidRequestError(f"{what} det_score must be finite")
+    return ValidFace(
+        embedding=embedding,
+        embedder=embedder,
+        crop_png=crop,
+        source=source,
+        source_sha256=sha,
+        box_json=_json_numbers(face.box, (4,), f"{what} box"),
+        landmarks_json=_json_numbers(face.landmarks, (5, 2), f"{what} landmarks"),
+        det_score=det_score,
+    )
+
+
+def validate_batch(faces: Sequence[Any], what: str = "faces") -> list[ValidFace]:
+    """Validate a batch: every face valid and all from the same embedder and dim."""
+    if isinstance(faces, (NewFace, str, bytes)) or not isinstance(faces, Sequence):
+        raise InvalidRequestError(f"{what} must be a list of NewFace")
+    if len(faces) == 0:
+        raise InvalidRequestError(f"no {what} to add")
+    valid = [validate_new_face(f, f"face {i}") for i, f in enumerate(faces)]
+    first = valid[0]
+    for i, v in enumerate(valid[1:], start=1):
+        if v.embedder != first.embedder or v.dim != first.dim:
+            raise InvalidRequestError(
+                f"face {i} is a {v.dim}-d embedding from {v.embedder!r} but face 0 is a"
+                f" {first.dim}-d embedding from {first.embedder!r}; one batch must use one embedder"
+            )
+    return valid
+
+
+@dataclass
+class GalleryInfo:
+    id: int
+    name: str
+    created_at: str
+    num_people: int
+    num_faces: int
+    embedders: dict[str, int] = field(default_factory=dict)  # model id -> face count
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "created_at": self.created_at,
+            "num_people": self.num_people,
+            "num_faces": self.num_faces,
+            "embedders": dict(self.embedders),
+        }
+
+
+@dataclass
+class PersonInfo:
+    id: int
+    gallery: str
+    name: str
+    created_at: str
+    num_faces: int
+    metadata: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "gallery": self.gallery,
+            "name": self.name,
+            "created_at": self.created_at,
+            "num_faces": self.num_faces,
+            "metadata": self.metadata,
+        }
+
+
+@dataclass
+class FaceInfo:
+    id: int
+    person_id: int
+    person: str
+    gallery: str
+    embedder: str
+    dim: int
+    created_at: str
+    has_crop: bool
+    source: str | None = None
+    source_sha256: str | None = None
+    box: list[float] | None = None
+    landmarks: list[list[float]] | None = None
+    det_score: float | None = None
+    embedding: np.ndarray | None = None  # only when asked for
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "person_id": self.person_id,
+            "person": self.person,
+            "gallery": self.gallery,
+            "embedder": self.embedder,
+            "dim": self.dim,
+            "created_at": self.created_at,
+            "has_crop": self.has_crop,
+            "source": self.source,
+            "source_sha256": self.source_sha256,
+            "box": self.box,
+            "landmarks": self.landmarks,
+            "det_score": self.det_score,
+        }
+
+
+# --- search helpers --------------------------------------------------------------
+def as_queries(queries: Any) -> np.ndarray:
+    """Query embeddings ``(d,)`` or ``(M, d)`` as float32 ``(M, d)`` unit rows."""
+    try:
+        q = np.asarray(queries, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(f"query embeddings are not numeric: {exc}") from exc
+    if q.ndim == 1:
+        q = q[None]
+    if q.ndim != 2 or q.shape[1] == 0:
+        raise InvalidRequestError(f"query embeddings must be (d,) or (M, d), got shape {q.shape}")
+    if not np.all(np.isfinite(q)):
+        raise InvalidRequestError("query embeddings contain NaN or infinite values")
+    norms = np.linalg.norm(q, axis=1, keepdims=True)
+    if q.shape[0] and not np.all(norms > 1e-6):
+        raise InvalidRequestError("a query embedding has zero length")
+    return (q / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def validate_top_k(top_k: Any) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= MAX_TOP_K:
+        raise InvalidRequestError(f"top_k must be an integer in [1, {MAX_TOP_K}], got {top_k!r}")
+    return int(top_k)
+
+
+def mismatch_error(gallery: str, stored: Mapping[tuple[str, int], int], embedder_id: str, dim: int | None) -> EmbedderMismatchError:
+    """The error for a gallery whose embeddings do not come from ``embedder_id`` (``dim``)."""
+    stored_txt = ", ".join(f"{e!r} ({d}-d, {n} faces)" for (e, d), n in sorted(stored.items()))
+    want = f"{embedder_id!r}" + (f" ({dim}-d)" if dim is not None else "")
+    return EmbedderMismatchError(
+        f"gallery {gallery!r} holds embeddings from {stored_txt}, but the embedder in use is {want};"
+        f" embeddings of different models are not comparable. Re-embed the gallery from its stored"
+        f" crops with: {REEMBED_COMMAND.format(gallery=gallery)}",
+        details={
+            "gallery": gallery,
+            "gallery_embedders": sorted({e for e, _ in stored}),
+            "embedder": embedder_id,
+            "command": REEMBED_COMMAND.format(gallery=gallery),
+        },
+    )
+
+
+def rank_people(
+    queries: np.ndarray,
+    matrix: np.ndarray,
+    starts: np.ndarray,
+    person_ids: np.ndarray,
+    person_names: Sequence[str],
+    face_ids: np.ndarray,
+    top_k: int,
+    block: int | None = None,
+) -> list[list[Candidate]]:
+    """Per query, the ``top_k`` people by their best cosine similarity, best first.
+
+    ``matrix`` is ``(N, d)`` unit rows grouped by person: person ``j`` owns rows
+    ``starts[j]:starts[j+1]``.  Ties are broken by person order (stable).
+    """
+    n_people = len(starts)
+    ends = np.append(starts[1:], matrix.shape[0])
+    k = min(top_k, n_people)
+    if block is None:  # bound the (block, N) similarity matrix to ~256 MB
+        block = max(1, min(256, (1 << 26) // max(matrix.shape[0], 1)))
+    out: list[list[Candidate]] = []
+    for b in range(0, queries.shape[0], block):
+        sims = queries[b : b + block] @ matrix.T  # (m, N)
+        scores = np.maximum.reduceat(sims, starts, axis=1)  # (m, P)
+        if k < n_people:
+            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        else:
+            part = np.broadcast_to(np.arange(n_people), scores.shape)
+        for i in range(scores.shape[0]):
+            cand = part[i]
+            order = cand[np.lexsort((cand, -scores[i, cand]))]
+            row = []
+            for j in order:
+                s, e = int(starts[j]), int(ends[j])
+                best = s + int(np.argmax(sims[i, s:e]))
+                row.append(
+                    Candidate(
+                        person=person_names[j],
+                        similarity=float(np.clip(scores[i, j], -1.0, 1.0)),
+                        person_id=int(person_ids[j]),
+                        face_id=int(face_ids[best]),
+                    )
+                )
+            out.append(row)
+    return out
+
+
+# --- the interface ---------------------------------------------------------------
+class GalleryStore(ABC):
+    """The persistent gallery of known people.  Names are validated and NFC-normalised.
+
+    Errors: unknown gallery/person/face -> 404 errors, duplicates -> 409
+    :class:`~modules.errors.ConflictError`, bad input -> 400
+    :class:`~modules.errors.InvalidRequestError`, embeddings of another model
+    -> :class:`~modules.errors.EmbedderMismatchError`.  Every write is one
+    transaction: it happens completely or not at all.
+    """
+
+    # galleries
+    @abstractmethod
+    def create_gallery(self, name: str) -> GalleryInfo:
+        """Create a gallery; :class:`ConflictError` if it exists."""
+
+    @abstractmethod
+    def ensure_gallery(self, name: str) -> GalleryInfo:
+        """The gallery, created if missing."""
+
+    @abstractmethod
+    def get_gallery(self, name: str) -> GalleryInfo: ...
+
+    @abstractmethod
+    def list_galleries(self) -> list[GalleryInfo]: ...
+
+    @abstractmethod
+    def delete_gallery(self, name: str) -> dict[str, int]:
+        """Delete a gallery with its people and faces; returns what was deleted."""
+
+    # people
+    @abstractmethod
+    def add_person(
+        self, gallery: str, name: str, metadata: Mapping[str, Any] | None = None, *, create_missing: bool = True
+    ) -> PersonInfo: ...
+
+    @abstractmethod
+    def get_person(self, gallery: str, name: str) -> PersonInfo: ...
+
+    @abstractmethod
+    def list_people(self, gallery: str, offset: int = 0, limit: int | None = 100) -> tuple[list[PersonInfo], int]:
+        """People ordered by name, with face counts, and the total count."""
+
+    @abstractmethod
+    def rename_person(self, gallery: str, name: str, new_name: str) -> PersonInfo: ...
+
+    @abstractmethod
+    def set_person_metadata(self, gallery: str, name: str, metadata: Mapping[str, Any] | None) -> PersonInfo: ...
+
+    @abstractmethod
+    def delete_person(self, gallery: str, name: str) -> int:
+        """Delete a person and their faces; returns how many faces went with them."""
+
+    # faces
+    def add_faces(
+        self, gallery: str, person: str, faces: Sequence[NewFace], *, create_missing: bool = True
+    ) -> list[int]:
+        """Enroll ``faces`` for ``person`` (all or nothing); returns the new face ids."""
+        return self.add_faces_many(gallery, {person: faces}, create_missing=create_missing)[
+            validate_name(person, "person name")
+        ]
+
+    @abstractmethod
+    def add_faces_many(
+        self, gallery: str, faces_by_person: Mapping[str, Sequence[NewFace]], *, create_missing: bool = True
+    ) -> dict[str, list[int]]:
+        """Enroll faces for several people in one transaction; new face ids per (normalised) name."""
+
+    @abstractmethod
+    def list_faces(self, gallery: str, person: str, *, with_embeddings: bool = False) -> list[FaceInfo]: ...
+
+    @abstractmethod
+    def get_face(self, face_id: int, *, gallery: str | None = None, with_embedding: bool = False) -> FaceInfo:
+        """A face by id; with ``gallery`` given, a face of another gallery is not found."""
+
+    @abstractmethod
+    def get_face_crop(self, face_id: int, *, gallery: str | None = None) -> bytes:
+        """The aligned crop as PNG bytes; :class:`FaceNotFoundError` if none is stored."""
+
+    @abstractmethod
+    def delete_face(self, face_id: int, *, gallery: str | None = None) -> None: ...
+
+    @abstractmethod
+    def find_faces_by_source_sha256(self, gallery: str, sha256: str) -> list[int]:
+        """Ids of the faces of ``gallery`` enrolled from a source with this SHA-256."""
+
+    # search
+    @abstractmethod
+    def search(self, gallery: str, queries: Any, embedder_id: str, top_k: int = 5) -> list[list[Candidate]]:
+        """Per query row, the ``top_k`` people by max cosine over their faces, best first."""
+
+    @abstractmethod
+    def num_people(self, gallery: str) -> int:
+        """People of ``gallery`` with at least one face (those a search can return)."""
+
+    @abstractmethod
+    def embeddings_by_person(self, gallery: str, embedder_id: str) -> dict[str, np.ndarray]:
+        """``{person: (n, d) float32}`` for people with faces; mismatch error if another embedder."""
+
+    # maintenance
+    @abstractmethod
+    def reembed(
+        self,
+        gallery: str | None,
+        embedder: Any,
+        *,
+        batch_size: int = 64,
+        drop_uncroppable: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Recompute embeddings from the stored crops with ``embedder`` (one gallery or all)."""
+
+    @abstractmethod
+    def stats(self, gallery: str | None = None) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def export_people(self, gallery: str) -> list[dict[str, Any]]:
+        """Flat rows (one per face; people without faces get one row with ``face_id`` None)."""
+
+    def close(self) -> None:  # pragma: no cover - default: nothing to release
+        pass
+
+    def __enter__(self) -> "GalleryStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # legacy pickles (implemented once, in modules.legacy, on top of the methods above)
+    def import_legacy_pickle(
+        self, path: str | Path, gallery: str, embedder_id: str, *, trusted: bool = False
+    ) -> dict[str, Any]:
+        from ..legacy import import_legacy_pickle
+
+        return import_legacy_pickle(self, path, gallery, embedder_id, trusted=trusted)
+
+    def export_legacy_pickle(
+        self, path: str | Path, gallery: str, embedder_id: str, mode: str = "mean"
+    ) -> dict[str, Any]:
+        from ..legacy import export_legacy_pickle
+
+        return export_legacy_pickle(self, path, gallery, embedder_id, mode=mode)
