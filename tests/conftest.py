@@ -23,3 +23,34 @@ def _require_shared() -> Path:
 def shared_data() -> Path:
     """``../shared/data``; missing data fails under CI=true and skips elsewhere."""
     return _require_shared()
+
+
+@pytest.fixture(scope="session")
+def recognizer():
+    """The default pipeline (YuNet + SFace), loaded once for the whole session, no gallery."""
+    from modules.recognizer import FaceRecognizer
+
+    return FaceRecognizer()
+
+
+@pytest.fixture(scope="session")
+def fr_images(shared_data) -> Path:
+    """face_recognition's example photos (obama.jpg, biden.jpg, two_people.jpg, ...)."""
+    return shared_data / "face_recognition_examples" / "images"
+
+
+@pytest.fixture()
+def gallery(tmp_path):
+    from modules.gallery import SQLiteGallery
+
+    g = SQLiteGallery(tmp_path / "gallery.db")
+    yield g
+    g.close()
+
+
+@pytest.fixture()
+def rec_with_gallery(recognizer, gallery):
+    """The session's models with a fresh, empty gallery of this test's own."""
+    from modules.recognizer import FaceRecognizer
+
+    return FaceRecognizer(recognizer.config, gallery, detector=recognizer.detector, embedder=recognizer.embedder)

@@ -1,0 +1,102 @@
+"""Open-set identification on a set laid out like ``lfw/identification``.
+
+    python -m benchmarks.identify ../shared/data/lfw/identification [--config configs/sface.yaml]
+
+``gallery.csv`` (path, identity) is enrolled into a fresh SQLite gallery;
+each row of ``probes.csv`` (path, expected = identity or ``unknown``) is
+identified through the same code as the service (gallery search, per-person
+max, open-set threshold for the gallery's size).  Paths are relative to the
+folder holding the set's ``manifest.csv``.  The last line is one JSON object
+with ``known_rank1`` (known probes named correctly), ``unknown_rejection``
+(unknown probes answered ``unknown``) and ``overall``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.devdata import embed_images, find_set_root, read_csv
+from modules.errors import FaceRecError
+from modules.face import UNKNOWN
+
+
+def evaluate(set_dir: Path, config: str | None = None, policy: str = "center", progress: bool = True) -> dict:
+    from modules.gallery import NewFace, SQLiteGallery
+    from modules.recognizer import FaceRecognizer
+
+    gallery_rows = read_csv(set_dir / "gallery.csv")
+    probe_rows = read_csv(set_dir / "probes.csv")
+    root = find_set_root(set_dir / "gallery.csv")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteGallery(Path(tmp) / "gallery.db")
+        rec = FaceRecognizer(config, store)
+        emb = embed_images(rec, root, [r["path"] for r in gallery_rows + probe_rows], policy=policy, progress=progress)
+        E = emb.embeddings
+        by_person: dict[str, list] = {}
+        for r in gallery_rows:
+            if r["path"] in E:
+                by_person.setdefault(r["identity"], []).append(
+                    NewFace(embedding=E[r["path"]], embedder=rec.model_id, source=r["path"])
+                )
+        store.add_faces_many("bench", by_person)
+        probes = [r for r in probe_rows if r["path"] in E]
+        t1 = time.perf_counter()
+        decisions = rec.identify_embeddings(np.stack([E[r["path"]] for r in probes]), gallery="bench") if probes else []
+        search_ms = (time.perf_counter() - t1) * 1000 / max(len(probes), 1)
+        n_people = store.num_people("bench")
+        threshold = rec.config.matching.identify_threshold_for(n_people)
+        store.close()
+    names = {r["path"]: d.name for r, d in zip(probes, decisions)}
+    known = [r for r in probe_rows if r["expected"] != UNKNOWN]
+    unknown = [r for r in probe_rows if r["expected"] == UNKNOWN]
+    # a probe whose face was not found counts as answered "unknown"
+    ok_known = sum(names.get(r["path"], UNKNOWN) == r["expected"] for r in known)
+    ok_unknown = sum(names.get(r["path"], UNKNOWN) == UNKNOWN for r in unknown)
+    wrong_name = sum(names.get(r["path"], UNKNOWN) not in (UNKNOWN, r["expected"]) for r in known)
+    return {
+        "set": str(set_dir),
+        "model": rec.model_id,
+        "enrolled_people": n_people,
+        "gallery_images": len(gallery_rows),
+        "probes_known": len(known),
+        "probes_unknown": len(unknown),
+        "threshold": round(threshold, 4),
+        "known_rank1": round(ok_known / max(len(known), 1), 4),
+        "known_misidentified": wrong_name,
+        "unknown_rejection": round(ok_unknown / max(len(unknown), 1), 4),
+        "overall": round((ok_known + ok_unknown) / max(len(probe_rows), 1), 4),
+        "no_face": len(emb.no_face),
+        "search_ms_per_probe": round(search_ms, 3),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("set_dir", type=Path)
+    ap.add_argument("--config", default=None)
+    ap.add_argument("--face", choices=["center", "largest"], default="center")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    for f in ("gallery.csv", "probes.csv"):
+        if not (args.set_dir / f).is_file():
+            print(f"error: {args.set_dir / f} not found", file=sys.stderr)
+            return 2
+    try:
+        out = evaluate(args.set_dir, args.config, args.face, progress=not args.no_progress)
+    except FaceRecError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

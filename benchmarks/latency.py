@@ -1,0 +1,78 @@
+"""Per-stage latency of the recognition pipeline on a one-face 640x480 JPEG.
+
+    python -m benchmarks.latency [--image PATH] [--runs 200] [--config configs/sface.yaml]
+
+Stages: decode, detect, align, embed, match (against a gallery of 178 people
+from the dev LFW identification split when ../shared/data is present, else
+one person) and end-to-end.  Prints one JSON object as its last line with the
+median and p90 of each stage in milliseconds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_IMAGE = SHARED / "face_recognition_examples" / "images" / "obama.jpg"
+
+
+def one_face_640x480(path: Path) -> bytes:
+    """Letterbox a photo to 640x480 and encode it as JPEG (quality 90)."""
+    from modules.images import encode_jpeg, read_image
+
+    img = read_image(path)
+    h, w = img.shape[:2]
+    s = min(640 / w, 480 / h)
+    small = cv2.resize(img, (int(w * s), int(h * s)), interpolation=cv2.INTER_AREA)
+    canvas = np.full((480, 640, 3), 127, np.uint8)
+    y, x = (480 - small.shape[0]) // 2, (640 - small.shape[1]) // 2
+    canvas[y : y + small.shape[0], x : x + small.shape[1]] = small
+    return encode_jpeg(canvas, 90)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from modules.gallery import NewFace, SQLiteGallery
+    from modules.recognizer import FaceRecognizer
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--config", default=None)
+    args = ap.parse_args(argv)
+    data = one_face_640x480(args.image)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteGallery(Path(tmp) / "g.db")
+        rec = FaceRecognizer(args.config, store)
+        rng = np.random.default_rng(0)
+        people = {f"person_{i:03d}": [NewFace(embedding=v / np.linalg.norm(v), embedder=rec.model_id)]
+                  for i, v in enumerate(rng.normal(size=(177, rec.embedder.dim)).astype(np.float32))}
+        people["subject"] = rec.prepare_enrollment([data], sources=["subject.jpg"])
+        store.add_faces_many("bench", people)
+        for _ in range(10):  # warm-up
+            rec.identify(data, gallery="bench")
+        stages: dict[str, list[float]] = {}
+        for _ in range(args.runs):
+            r = rec.identify(data, gallery="bench")
+            assert len(r.faces) == 1 and r.faces[0].identification.name == "subject"
+            for k, v in r.timings_ms.items():
+                stages.setdefault(k, []).append(v)
+        store.close()
+    out = {
+        "model": rec.model_id,
+        "flip": bool(rec.embedder.flip),
+        "image": "640x480 JPEG, one face",
+        "runs": args.runs,
+        "median_ms": {k: round(float(np.median(v)), 2) for k, v in stages.items()},
+        "p90_ms": {k: round(float(np.percentile(v, 90)), 2) for k, v in stages.items()},
+    }
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,231 @@
+"""Gallery management from the command line.
+
+    python -m modules.cli enroll --gallery default --person obama photos/obama*.jpg
+    python -m modules.cli enroll-dir PEOPLE_DIR            # <name>/<images>
+    python -m modules.cli people --gallery default
+    python -m modules.cli identify group.jpg
+    python -m modules.cli verify a.jpg b.jpg
+    python -m modules.cli rename --gallery default old new
+    python -m modules.cli delete-person --gallery default NAME
+    python -m modules.cli delete-face --gallery default FACE_ID
+    python -m modules.cli reembed --gallery default --config configs/arc_res50.yaml
+    python -m modules.cli import-pickle known.pkl --embedder arc_res50 --trusted
+    python -m modules.cli export-pickle known.pkl
+    python -m modules.cli export --format csv -o people.csv
+
+Every command takes ``--data-dir`` (default ``./data``; the gallery is
+``<data-dir>/gallery.db``) and ``--config`` (default ``configs/sface.yaml``).
+Errors print one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from .config import gallery_location
+from .errors import FaceRecError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+def list_people_dir(people_dir: Path) -> dict[str, list[Path]]:
+    """``<name>/<images>`` -> {name: [image paths]} (sorted; hidden files skipped)."""
+    from .errors import InvalidRequestError
+
+    if not people_dir.is_dir():
+        raise InvalidRequestError(f"people folder not found: {people_dir}")
+    out: dict[str, list[Path]] = {}
+    for sub in sorted(p for p in people_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        imgs = sorted(p for p in sub.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if imgs:
+            out[sub.name] = imgs
+    if not out:
+        raise InvalidRequestError(f"{people_dir} holds no <name>/<images> folders")
+    return out
+
+
+def _open(args: argparse.Namespace, with_models: bool = True):
+    from .gallery import open_gallery
+
+    gallery = open_gallery(gallery_location(args.data_dir, getattr(args, "database_url", None)))
+    if not with_models:
+        return None, gallery
+    from .recognizer import FaceRecognizer
+
+    return FaceRecognizer(args.config, gallery), gallery
+
+
+def _print(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
+
+
+def cmd_enroll(args):
+    rec, _ = _open(args)
+    ids = rec.enroll(args.gallery, args.person, [Path(p) for p in args.images], sources=[str(p) for p in args.images])
+    _print({"gallery": args.gallery, "person": args.person, "face_ids": ids})
+
+
+def cmd_enroll_dir(args):
+    rec, gallery = _open(args)
+    people = list_people_dir(Path(args.people_dir))
+    prepared = {}
+    for name, paths in people.items():
+        prepared[name] = rec.prepare_enrollment(paths, sources=[str(p) for p in paths])
+    ids = gallery.add_faces_many(args.gallery, prepared)  # one transaction for the whole folder
+    _print({"gallery": args.gallery, "enrolled": {k: len(v) for k, v in ids.items()}})
+
+
+def cmd_people(args):
+    _, gallery = _open(args, with_models=False)
+    items, total = gallery.list_people(args.gallery, offset=args.offset, limit=args.limit)
+    _print({"total": total, "people": [p.to_dict() for p in items]})
+
+
+def cmd_galleries(args):
+    _, gallery = _open(args, with_models=False)
+    _print([g.to_dict() for g in gallery.list_galleries()])
+
+
+def cmd_identify(args):
+    rec, _ = _open(args)
+    _print(rec.identify(Path(args.image), gallery=args.gallery).to_dict())
+
+
+def cmd_verify(args):
+    rec, _ = _open(args)
+    _print(rec.verify(Path(args.image_a), Path(args.image_b)).to_dict())
+
+
+def cmd_rename(args):
+    _, gallery = _open(args, with_models=False)
+    p = gallery.rename_person(args.gallery, args.name, args.new_name)
+    _print(p.to_dict())
+
+
+def cmd_delete_person(args):
+    _, gallery = _open(args, with_models=False)
+    _print({"deleted": args.name, "faces_removed": gallery.delete_person(args.gallery, args.name)})
+
+
+def cmd_delete_face(args):
+    _, gallery = _open(args, with_models=False)
+    gallery.delete_face(args.face_id, gallery=args.gallery)
+    _print({"deleted_face": args.face_id})
+
+
+def cmd_reembed(args):
+    from .config import load_config
+    from .embedders import build_embedder
+
+    _, gallery = _open(args, with_models=False)
+    embedder = build_embedder(load_config(args.config))
+    out = gallery.reembed(None if args.all else args.gallery, embedder, drop_uncroppable=args.drop_uncroppable)
+    _print(out)
+
+
+def cmd_import_pickle(args):
+    from .legacy import import_legacy_pickle
+
+    _, gallery = _open(args, with_models=False)
+    _print(import_legacy_pickle(gallery, Path(args.file), args.gallery, args.embedder, trusted=args.trusted))
+
+
+def cmd_export_pickle(args):
+    from .config import load_config
+    from .legacy import export_legacy_pickle
+
+    _, gallery = _open(args, with_models=False)
+    embedder_id = args.embedder or load_config(args.config).name
+    _print(export_legacy_pickle(gallery, Path(args.file), args.gallery, embedder_id, mode=args.mode))
+
+
+def cmd_export(args):
+    _, gallery = _open(args, with_models=False)
+    rows = gallery.export_people(args.gallery)
+    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
+    try:
+        if args.format == "json":
+            json.dump(rows, out, indent=2, default=str, ensure_ascii=False)
+            out.write("\n")
+        else:
+            fields = list(rows[0]) if rows else ["gallery", "person", "face_id"]
+            w = csv.DictWriter(out, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m modules.cli", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default="data", help="folder holding gallery.db (default ./data)")
+    common.add_argument("--database-url", default=None, help="gallery database URL (overrides --data-dir)")
+    common.add_argument("--config", default=None, help="embedder YAML (default configs/sface.yaml)")
+    common.add_argument("--gallery", default="default", help="gallery name (default 'default')")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help_):
+        p = sub.add_parser(name, parents=[common], help=help_)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("enroll", cmd_enroll, "enroll images of one person")
+    p.add_argument("--person", required=True)
+    p.add_argument("images", nargs="+")
+    p = add("enroll-dir", cmd_enroll_dir, "enroll a <name>/<images> folder (all or nothing)")
+    p.add_argument("people_dir")
+    p = add("people", cmd_people, "list people")
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--limit", type=int, default=100)
+    add("galleries", cmd_galleries, "list galleries")
+    p = add("identify", cmd_identify, "identify every face in an image")
+    p.add_argument("image")
+    p = add("verify", cmd_verify, "are two photos the same person?")
+    p.add_argument("image_a")
+    p.add_argument("image_b")
+    p = add("rename", cmd_rename, "rename a person")
+    p.add_argument("name")
+    p.add_argument("new_name")
+    p = add("delete-person", cmd_delete_person, "delete a person and their faces")
+    p.add_argument("name")
+    p = add("delete-face", cmd_delete_face, "delete one face")
+    p.add_argument("face_id", type=int)
+    p = add("reembed", cmd_reembed, "recompute stored embeddings with --config's model")
+    p.add_argument("--all", action="store_true", help="every gallery")
+    p.add_argument("--drop-uncroppable", action="store_true", help="delete faces without a stored crop")
+    p = add("import-pickle", cmd_import_pickle, "import the original tools' {name: embedding} pickle")
+    p.add_argument("file")
+    p.add_argument("--embedder", required=True, help="model id that made the embeddings, e.g. arc_res50")
+    p.add_argument("--trusted", "--trust-pickle", dest="trusted", action="store_true",
+                   help="required: unpickling can run code, so only import files you trust")
+    p = add("export-pickle", cmd_export_pickle, "export {name: embedding} for the original tools")
+    p.add_argument("file")
+    p.add_argument("--embedder", default=None)
+    p.add_argument("--mode", choices=["mean", "list"], default="mean")
+    p = add("export", cmd_export, "export people and faces as JSON or CSV")
+    p.add_argument("--format", choices=["json", "csv"], default="json")
+    p.add_argument("-o", "--output", default=None)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except FaceRecError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
