@@ -94,6 +94,17 @@ class ArcFaceTFConfig(_Strict):
     flip: bool = True
 
 
+class QualityGateConfig(_Strict):
+    """Enrollment refuses faces below these limits (None disables one limit)."""
+
+    enabled: bool = True
+    min_score: float | None = Field(0.4, ge=0.0, le=1.0)
+    min_size: float | None = Field(40.0, ge=0.0, description="shorter box side in pixels")
+    max_yaw: float | None = Field(45.0, ge=0.0, le=90.0)
+    max_pitch: float | None = Field(30.0, ge=0.0, le=90.0)
+    min_sharpness: float | None = Field(0.3, ge=0.0, le=1.0)
+
+
 class TrainConfig(_Strict):
     batch_size: int = Field(128, ge=1)
     epochs: int = Field(5, ge=1)
@@ -112,6 +123,7 @@ class Config(_Strict):
     embedder: EmbedderConfig
     detector: DetectorConfig = DetectorConfig()
     matching: MatchingConfig
+    enrollment_quality: QualityGateConfig = QualityGateConfig()
     train: TrainConfig | None = None
 
 

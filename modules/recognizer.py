@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .alignment import Aligner
+from .attributes.quality import QualityGate
 from .config import Config, load_config
 from .detection import YuNetDetector
 from .embedders import Embedder, build_embedder
@@ -133,6 +134,10 @@ class FaceRecognizer:
         self.aligner = Aligner()
         self.embedder = embedder or build_embedder(self.config)
         self.matcher = Matcher(self.config.matching)
+        q = self.config.enrollment_quality
+        self.quality_gate: QualityGate | None = (
+            QualityGate(**q.model_dump(exclude={"enabled"})) if q.enabled else None
+        )
         if isinstance(gallery, (str, Path)):
             from .gallery import open_gallery
 
@@ -259,8 +264,14 @@ class FaceRecognizer:
         images: Iterable[ImageInput],
         sources: Sequence[str] | None = None,
         policy: FacePolicy = "largest",
+        check_quality: bool = True,
     ) -> list[Any]:
-        """Detect and embed one face per image, raising before anything is written."""
+        """Detect and embed one face per image, raising before anything is written.
+
+        With ``check_quality`` (the default) the config's ``enrollment_quality``
+        gate refuses small, blurred or turned-away faces with
+        :class:`~modules.errors.LowQualityFaceError` naming the image and the reasons.
+        """
         from .gallery import NewFace
 
         images = list(images)
@@ -280,6 +291,8 @@ class FaceRecognizer:
             except (NoFaceError, MultipleFacesError) as exc:
                 raise type(exc)(f"{name}: {exc.message}") from exc
             self.embed_faces(img, [face])
+            if check_quality and self.quality_gate is not None:
+                self.quality_gate.enforce(face, name, image_bgr=img)
             digest = hashlib.sha256(raw if raw is not None else img.tobytes()).hexdigest()
             new.append(
                 NewFace(
@@ -302,8 +315,9 @@ class FaceRecognizer:
         images: Iterable[ImageInput],
         sources: Sequence[str] | None = None,
         policy: FacePolicy = "largest",
+        check_quality: bool = True,
     ) -> list[int]:
         """Enroll one face from each image for ``person``; all or nothing. Returns face ids."""
         g = self._require_gallery()
-        new = self.prepare_enrollment(images, sources, policy)
+        new = self.prepare_enrollment(images, sources, policy, check_quality)
         return g.add_faces(gallery, person, new)

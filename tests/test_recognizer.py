@@ -135,3 +135,20 @@ def test_shipped_configs_validate():
     for path in sorted(CONFIG_DIR.glob("*.yaml")):
         cfg = load_config(path)
         assert cfg.matching.identify_threshold >= cfg.matching.verify_threshold, path
+
+
+def test_enrollment_quality_gate_refuses_small_faces_and_writes_nothing(rec_with_gallery, fr_images):
+    import cv2
+
+    img = rec_with_gallery.load_image(fr_images / "obama.jpg")
+    tiny = cv2.resize(img, (img.shape[1] // 12, img.shape[0] // 12), interpolation=cv2.INTER_AREA)
+    tiny = cv2.copyMakeBorder(tiny, 100, 100, 100, 100, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+    assert rec_with_gallery.detect(tiny), "the small face should still be detected"
+    from modules.errors import LowQualityFaceError
+
+    with pytest.raises(LowQualityFaceError, match="too small") as exc:
+        rec_with_gallery.enroll("q", "obama", [fr_images / "obama2.jpg", tiny], sources=["obama2.jpg", "tiny.png"])
+    assert "tiny.png" in exc.value.message and exc.value.status == 422
+    assert rec_with_gallery.gallery.list_galleries() == []
+    # the gate can be switched off per call (e.g. for deliberate low-resolution galleries)
+    assert len(rec_with_gallery.enroll("q", "obama", [tiny], check_quality=False)) == 1
