@@ -37,18 +37,29 @@ class Embedded:
     errors: dict[str, str]
 
 
-def _cache_file(rec: FaceRecognizer, root: Path, policy: str) -> Path:
+def _cache_file(rec: FaceRecognizer, root: Path, policy: str, flip: bool) -> Path:
     cfg = rec.config
-    key = f"{rec.model_id}|{cfg.embedder.model_dump_json()}|{cfg.detector.model_dump_json()}|{policy}|{root}"
+    key = f"{rec.model_id}|{cfg.embedder.model_dump_json()}|{cfg.detector.model_dump_json()}|{policy}|{flip}|{root}"
     return CACHE_DIR / f"{rec.model_id}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 
 def embed_images(
-    rec: FaceRecognizer, root: Path, rel_paths: list[str], policy: str = "center", cache: bool = True, progress: bool = True
+    rec: FaceRecognizer,
+    root: Path,
+    rel_paths: list[str],
+    policy: str = "center",
+    cache: bool = True,
+    progress: bool = True,
+    query: bool = False,
 ) -> Embedded:
-    """Embed the primary face of each image (``center`` suits LFW's centred subjects)."""
+    """Embed the primary face of each image (``center`` suits LFW's centred subjects).
+
+    ``query=True`` embeds as the service does for faces it identifies
+    (the config's ``flip_queries``); otherwise as for gallery faces and 1:1.
+    """
     rel_paths = sorted(set(rel_paths))
-    cache_path = _cache_file(rec, root, policy)
+    flip = rec.embedder.flip_queries if query else rec.embedder.flip
+    cache_path = _cache_file(rec, root, policy, flip)
     done: dict[str, np.ndarray] = {}
     no_face: list[str] = []
     if cache and cache_path.is_file():
@@ -61,7 +72,7 @@ def embed_images(
         try:
             img = rec.load_image(root / rel)
             face = primary_face(rec.detector.detect(img), img.shape, policy)
-            rec.embed_faces(img, [face])
+            rec.embed_faces(img, [face], query=query)
             done[rel] = face.embedding
         except FaceRecError as exc:
             if exc.code == "no_face":

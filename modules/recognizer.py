@@ -179,15 +179,23 @@ class FaceRecognizer:
     def detect(self, image: ImageInput) -> list[Face]:
         return self.detector.detect(self.load_image(image))
 
-    def embed_faces(self, image: np.ndarray, faces: Sequence[Face], timer: _Timer | None = None) -> list[Face]:
-        """Align and embed ``faces`` of ``image`` in one batch (sets ``aligned``/``embedding``)."""
+    def embed_faces(
+        self, image: np.ndarray, faces: Sequence[Face], timer: _Timer | None = None, *, query: bool = False
+    ) -> list[Face]:
+        """Align and embed ``faces`` of ``image`` in one batch (sets ``aligned``/``embedding``).
+
+        ``query=True`` marks faces that are only identified, never stored: they
+        get the embedder's ``flip_queries`` setting (one pass instead of two by
+        default), gallery faces and verification the full flip averaging.
+        """
         if not faces:
             return list(faces)
         for f in faces:
             f.aligned = self.aligner.align(image, f.landmarks)
         if timer:
             timer.lap("align")
-        embs = self.embedder.embed(np.stack([f.aligned for f in faces]))
+        flip = self.embedder.flip_queries if query else None
+        embs = self.embedder.embed(np.stack([f.aligned for f in faces]), flip=flip)
         for f, e in zip(faces, embs):
             f.embedding = e
             f.embedder = self.embedder.model_id
@@ -195,8 +203,10 @@ class FaceRecognizer:
             timer.lap("embed")
         return list(faces)
 
-    def analyze(self, image: ImageInput, max_faces: int | None = None) -> tuple[np.ndarray, list[Face], dict[str, float]]:
-        """Decode, detect, align and embed every face (largest first)."""
+    def analyze(
+        self, image: ImageInput, max_faces: int | None = None, *, query: bool = True
+    ) -> tuple[np.ndarray, list[Face], dict[str, float]]:
+        """Decode, detect, align and embed every face (largest first) for identification."""
         timer = _Timer()
         img = self.load_image(image)
         timer.lap("decode")
@@ -204,7 +214,7 @@ class FaceRecognizer:
         if max_faces is not None:
             faces = faces[:max_faces]
         timer.lap("detect")
-        self.embed_faces(img, faces, timer)
+        self.embed_faces(img, faces, timer, query=query)
         return img, faces, timer.ms
 
     def embed_image(self, image: ImageInput, policy: FacePolicy = "largest") -> Face:

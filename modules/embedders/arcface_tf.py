@@ -30,7 +30,7 @@ class ArcFaceTFEmbedder(Embedder):
     """
 
     def __init__(self, config: ArcFaceTFConfig, model_id: str):
-        super().__init__(model_id=model_id, dim=config.embd_shape, flip=config.flip)
+        super().__init__(model_id=model_id, dim=config.embd_shape, flip=config.flip, flip_queries=config.flip_queries)
         from ..arcface_tf.checkpoints import find_checkpoint, load_inference_model
 
         self.config = config

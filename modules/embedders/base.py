@@ -29,17 +29,24 @@ class Embedder(ABC):
     model_id: str
     dim: int
 
-    def __init__(self, model_id: str, dim: int, flip: bool = True):
+    def __init__(self, model_id: str, dim: int, flip: bool = True, flip_queries: bool = False):
         self.model_id = model_id
         self.dim = dim
         self.flip = flip
+        #: flip setting for faces being identified (queries); gallery faces use ``flip``
+        self.flip_queries = flip and flip_queries
 
     @abstractmethod
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """Raw (un-normalised) embeddings ``(N, dim)`` of a BGR uint8 batch."""
 
-    def embed(self, faces: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
-        """Embeddings ``(N, dim)`` float32, each of unit length."""
+    def embed(self, faces: np.ndarray | Sequence[np.ndarray], flip: bool | None = None) -> np.ndarray:
+        """Embeddings ``(N, dim)`` float32, each of unit length.
+
+        ``flip`` overrides the configured flip averaging for this call (the
+        service passes :attr:`flip_queries` for faces it only identifies).
+        """
+        flip = self.flip if flip is None else flip
         batch = np.asarray(faces) if not isinstance(faces, np.ndarray) else faces
         if batch.ndim == 3:
             batch = batch[None]
@@ -50,7 +57,7 @@ class Embedder(ABC):
         if len(batch) == 0:
             return np.zeros((0, self.dim), np.float32)
         batch = np.ascontiguousarray(batch, dtype=np.uint8)
-        if self.flip:
+        if flip:
             both = self._forward(np.concatenate([batch, batch[:, :, ::-1]], axis=0))
             n = len(batch)
             feats = l2_normalize(both[:n]) + l2_normalize(both[n:])

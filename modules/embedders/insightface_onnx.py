@@ -23,7 +23,7 @@ class InsightFaceOnnxEmbedder(Embedder):
         inp = self._session.get_inputs()[0]
         self._input_name = inp.name
         dim = int(self._session.get_outputs()[0].shape[-1])
-        super().__init__(model_id=model_id, dim=dim, flip=config.flip)
+        super().__init__(model_id=model_id, dim=dim, flip=config.flip, flip_queries=config.flip_queries)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         x = batch[:, :, :, ::-1].astype(np.float32)  # BGR -> RGB

@@ -19,7 +19,7 @@ class SFaceEmbedder(Embedder):
 
     def __init__(self, config: SFaceConfig | None = None, model_id: str = "sface_2021dec"):
         config = config or SFaceConfig(type="sface")
-        super().__init__(model_id=model_id, dim=128, flip=config.flip)
+        super().__init__(model_id=model_id, dim=128, flip=config.flip, flip_queries=config.flip_queries)
         path = package_file(SFACE_PACKAGE, SFACE_RESOURCE)
         self._net = cv2.dnn.readNetFromONNX(str(path))
         self._lock = threading.Lock()

@@ -1,0 +1,91 @@
+"""The face recognition HTTP service.
+
+    python app.py [--host 127.0.0.1] [--port 5000] [--data-dir ./data] [--config configs/sface.yaml] [--api-keys]
+
+serves with waitress (a production WSGI server, threads share one copy of
+the models).  ``app`` is also exposed for other servers, configured with
+``FACEREC_*`` environment variables (see ``modules/api/settings.py``):
+
+    gunicorn -c gunicorn.conf.py app:app      # several worker processes
+    flask --app app run                       # development
+
+The API is described at ``/openapi.json`` and browsable at ``/docs``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from modules.api import Settings, create_app
+from modules.api.settings import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
+from modules.errors import FaceRecError
+
+_app: Any = None
+
+
+def __getattr__(name: str) -> Any:
+    """``app`` / ``application``, built on first access (so ``python app.py`` does not build it twice)."""
+    global _app
+    if name in ("app", "application"):
+        if _app is None:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            _app = create_app(Settings.from_env())
+        return _app
+    raise AttributeError(name)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="Serve the face recognition API.")
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    ap.add_argument("--port", type=int, default=5000, help="port (default 5000; 0 picks a free one)")
+    ap.add_argument("--data-dir", default="./data", help="holds the gallery database and job files (default ./data)")
+    ap.add_argument("--config", default=None, help="embedder config (default configs/sface.yaml)")
+    ap.add_argument("--api-keys", action="store_true", help="require X-API-Key (python -m modules.api.keys create ...)")
+    ap.add_argument("--max-upload-bytes", type=int, default=DEFAULT_MAX_UPLOAD_BYTES, help="largest request body")
+    ap.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest decoded image, in pixels")
+    ap.add_argument("--threads", type=int, default=8, help="request threads (default 8)")
+    ap.add_argument("--log-level", default="INFO")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings(
+            data_dir=args.data_dir,
+            config=args.config,
+            api_keys=args.api_keys,
+            max_upload_bytes=args.max_upload_bytes,
+            max_pixels=args.max_pixels,
+        )
+        application = create_app(settings)
+    except FaceRecError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    from waitress import create_server
+
+    server = create_server(
+        application,
+        host=args.host,
+        port=args.port,
+        threads=max(1, args.threads),
+        # Flask answers 413 in JSON up to MAX_CONTENT_LENGTH; waitress only stops absurd bodies
+        max_request_body_size=2 * settings.max_upload_bytes + (1 << 20),
+        channel_timeout=60,
+        ident="facerec",
+    )
+    print(f"serving on http://{args.host}:{server.effective_port}", flush=True)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

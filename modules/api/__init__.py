@@ -1,0 +1,141 @@
+"""The HTTP service: a Flask app factory with one blueprint per area.
+
+    from modules.api import create_app, Settings
+    app = create_app(Settings(data_dir="data"))
+
+Models load once, in ``create_app``; the recognizer, gallery and key store are
+shared by every request through ``app.extensions["facerec"]``.  The OpenAPI
+document (``/openapi.json``) and the Swagger UI (``/docs``) are generated from
+the routes and pydantic models by flask-openapi3.
+
+Blueprints: ``health`` (``/health``, ``/ready``), ``recognition``
+(``POST /recognition``), ``analysis`` (detect, verify, identify) and
+``galleries`` (galleries, people, faces).  Another area (e.g. video jobs)
+plugs in with ``extra_blueprints=[...]`` or ``app.register_api(bp)`` before
+the first request.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from flask.json.provider import DefaultJSONProvider
+from flask_openapi3 import APIBlueprint, Info, OpenAPI
+
+from ..recognizer import FaceRecognizer
+from .auth import init_auth
+from .common import SECURITY_SCHEMES
+from .errors import register_error_handlers, validation_error_response
+from .keys import KeyStore
+from .schemas import ErrorResponse
+from .service import EXTENSION, FaceRecService, get_service
+from .settings import Settings
+
+__all__ = ["Settings", "create_app", "get_service", "FaceRecService", "API_VERSION"]
+
+API_VERSION = "1.0.0"
+DOCS_PREFIX = "/docs"
+
+log = logging.getLogger("facerec.api")
+
+
+class SafeJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, with a body nested too deeply for the parser being a 400, not a crash."""
+
+    sort_keys = False
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("the JSON body is nested too deeply") from None
+
+
+class FaceRecAPI(OpenAPI):
+    """flask-openapi3's app, with docstring descriptions kept as Markdown paragraphs."""
+
+    def generate_spec_json(self) -> None:
+        super().generate_spec_json()
+        for item in self.spec_json.get("paths", {}).values():
+            for op in item.values():
+                if isinstance(op, dict) and isinstance(op.get("description"), str):
+                    op["description"] = op["description"].replace("<br/>", "\n").strip()
+
+
+def _build_recognizer(settings: Settings, gallery: Any, models: FaceRecognizer | None) -> FaceRecognizer:
+    if models is None:
+        return FaceRecognizer(settings.config, gallery)
+    # reuse loaded detector/embedder (tests, several apps in one process) with this app's gallery
+    return FaceRecognizer(models.config, gallery, detector=models.detector, embedder=models.embedder)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    recognizer: FaceRecognizer | None = None,
+    gallery: Any = None,
+    extra_blueprints: Iterable[APIBlueprint] = (),
+    **config: Any,
+) -> FaceRecAPI:
+    """Build the app: load the models (or reuse ``recognizer``'s), open the gallery and key store.
+
+    ``config`` entries go to ``app.config`` (e.g. ``TESTING=True``).
+    """
+    settings = settings or Settings()
+    app = FaceRecAPI(
+        __name__,
+        info=Info(
+            title="Face recognition service",
+            version=API_VERSION,
+            description="Detect, identify and verify faces; manage galleries of people."
+            " Every error is `{\"error\": {\"code\": ..., \"message\": ...}}`.",
+        ),
+        security_schemes=SECURITY_SCHEMES,
+        validation_error_status=400,
+        validation_error_model=ErrorResponse,
+        validation_error_callback=validation_error_response,
+        doc_prefix=DOCS_PREFIX,
+        doc_url="/openapi.json",
+        static_folder=None,  # no app-level static files
+    )
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_upload_bytes,
+        MAX_FORM_MEMORY_SIZE=settings.max_upload_bytes,  # base64 in a plain form field
+        FACEREC_SETTINGS=settings,
+        SWAGGER_CONFIG={"persistAuthorization": True},
+    )
+    app.json = SafeJSONProvider(app)
+    app.config.update(config)
+
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"cannot create the data directory {settings.data_dir}: {exc}") from exc
+    if gallery is None:
+        from ..gallery import open_gallery
+
+        gallery = open_gallery(settings.gallery_location)
+    rec = _build_recognizer(settings, gallery, recognizer)
+    gallery.ensure_gallery(settings.default_gallery)
+    keys = KeyStore(settings.keys_path) if settings.api_keys else None
+    app.extensions[EXTENSION] = FaceRecService(settings, rec, gallery, keys)
+
+    register_error_handlers(app)
+    init_auth(app)
+
+    from . import analysis, galleries, health, recognition
+
+    for bp in (health.create_blueprint(), recognition.create_blueprint(), analysis.create_blueprint(),
+               galleries.create_blueprint(), *extra_blueprints):
+        app.register_api(bp)
+    health.register_docs(app)
+    log.info(
+        "face recognition API ready: model %s, gallery %s, API keys %s",
+        rec.model_id,
+        settings.gallery_location,
+        "on" if keys else "off",
+    )
+    return app

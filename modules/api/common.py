@@ -1,0 +1,34 @@
+"""Shared pieces of the blueprints: error responses for the docs, tags, security."""
+from __future__ import annotations
+
+from flask_openapi3 import Tag
+
+from .schemas import ErrorResponse
+
+#: documented on every protected operation (the app adds them to each blueprint)
+COMMON_ERRORS = {400: ErrorResponse, 401: ErrorResponse, 403: ErrorResponse, 500: ErrorResponse}
+#: for operations that read an image
+IMAGE_ERRORS = {413: ErrorResponse, 415: ErrorResponse, 422: ErrorResponse}
+NOT_FOUND = {404: ErrorResponse}
+CONFLICT = {409: ErrorResponse}
+UNAVAILABLE = {503: ErrorResponse}
+
+SECURITY = [{"ApiKey": []}]
+SECURITY_SCHEMES = {
+    "ApiKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "needed when the server runs with API keys on (`--api-keys`); create one with"
+        " `python -m modules.api.keys create --gallery NAME`",
+    }
+}
+
+TAG_RECOGNITION = Tag(name="recognition", description="Who is in this image or frame?")
+TAG_ANALYSIS = Tag(name="analysis", description="Detection and 1:1 verification, no gallery needed")
+TAG_GALLERIES = Tag(
+    name="galleries", description="Named galleries of people (like CompreFace subjects / Azure person groups)"
+)
+TAG_PEOPLE = Tag(name="people", description="People of a gallery")
+TAG_FACES = Tag(name="faces", description="Enrolled faces of a person")
+TAG_HEALTH = Tag(name="health", description="Liveness, readiness, documentation")

@@ -1,0 +1,62 @@
+"""``POST /recognition``: the original endpoint, now returning every face.
+
+Accepts what the original clients send (JSON ``{"file": "<base64>"}``, also
+``image``), a multipart ``file`` part, or the raw image bytes.  ``gallery``
+(default ``default``), ``top_k``, ``max_faces``, ``attributes`` and ``legacy``
+may be given in the body or the query string.
+"""
+from __future__ import annotations
+
+from flask_openapi3 import APIBlueprint
+
+from . import pipeline
+from .auth import authorize_gallery
+from .common import COMMON_ERRORS, IMAGE_ERRORS, NOT_FOUND, SECURITY, TAG_RECOGNITION
+from .inputs import get_images, get_options, read_payload
+from .schemas import (
+    LegacyRecognitionResponse,
+    RecognitionForm,
+    RecognitionJSON,
+    RecognitionOptions,
+    RecognitionResponse,
+    image_request_body,
+)
+from .service import get_service
+
+IMAGE_FIELDS = ("file", "image")
+
+
+def create_blueprint() -> APIBlueprint:
+    bp = APIBlueprint(
+        "recognition", __name__, abp_tags=[TAG_RECOGNITION], abp_responses=COMMON_ERRORS, abp_security=SECURITY
+    )
+
+    @bp.post(
+        "/recognition",
+        operation_id="recognize",
+        responses={200: RecognitionResponse, **IMAGE_ERRORS, **NOT_FOUND},
+        openapi_extensions=image_request_body(RecognitionForm, RecognitionJSON),
+    )
+    def recognize(query: RecognitionOptions):
+        """Recognize every face in an image or video frame
+
+        Returns every face, largest first: `box` `[x1, y1, x2, y2]`, 5 `landmarks`, `det_score`,
+        the best identity `name` (or `"unknown"`), its cosine `similarity` and the top-k `candidates`,
+        plus per-stage `timings_ms`.
+
+        **Original clients**: the top-level `name` field holds the single name the original endpoint
+        returned (the largest face's name, `"unknown"`, or `"no face"`); with `legacy=1` (query or body)
+        the response is only `{"name": ...}`.
+        """
+        svc = get_service()
+        payload = read_payload()
+        opts = get_options(RecognitionOptions, payload, query, exclude=IMAGE_FIELDS)
+        gallery = opts.gallery or svc.settings.default_gallery
+        authorize_gallery(gallery)
+        upload = get_images(payload, IMAGE_FIELDS)[0]
+        out = pipeline.identify(svc, upload, gallery, opts, missing_ok=gallery == svc.settings.default_gallery)
+        if opts.legacy:
+            return LegacyRecognitionResponse(name=out["name"]).model_dump()
+        return out
+
+    return bp
