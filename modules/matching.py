@@ -39,10 +39,10 @@ class Matcher:
         s = cosine_similarity(a, b)
         return Verification(similarity=s, same=s >= self.config.verify_threshold, threshold=self.config.verify_threshold)
 
-    def decide(self, candidates: list[Candidate], n_people: int) -> Identification:
+    def decide(self, candidates: list[Candidate], n_people: int, top_k: int | None = None) -> Identification:
         """Best candidate if it clears the open-set threshold for this gallery size, else ``unknown``."""
         thr = self.config.identify_threshold_for(n_people)
-        cands = candidates[: self.config.top_k]
+        cands = candidates[: top_k or self.config.top_k]
         if cands and cands[0].similarity >= thr:
             return Identification(name=cands[0].person, similarity=cands[0].similarity, candidates=cands, threshold=thr)
         best = cands[0].similarity if cands else 0.0

@@ -245,7 +245,7 @@ class FaceRecognizer:
         k = top_k or self.config.matching.top_k
         results = g.search(gallery, embeddings, self.embedder.model_id, k)
         n_people = g.num_people(gallery)
-        return [self.matcher.decide(cands, n_people) for cands in results]
+        return [self.matcher.decide(cands, n_people, k) for cands in results]
 
     def identify(
         self, image: ImageInput, gallery: str = "default", top_k: int | None = None, max_faces: int | None = None

@@ -152,3 +152,9 @@ def test_enrollment_quality_gate_refuses_small_faces_and_writes_nothing(rec_with
     assert rec_with_gallery.gallery.list_galleries() == []
     # the gate can be switched off per call (e.g. for deliberate low-resolution galleries)
     assert len(rec_with_gallery.enroll("q", "obama", [tiny], check_quality=False)) == 1
+
+
+def test_top_k_beyond_the_config_default(fr_gallery, fr_images):
+    assert fr_gallery.config.matching.top_k < 6
+    result = fr_gallery.identify(fr_images / "obama.jpg", gallery="fr", top_k=6)
+    assert len(result.faces[0].identification.candidates) == 6  # all six enrolled people, ranked
