@@ -18,7 +18,7 @@ import pytest
 
 from tests.api_fixtures import *  # noqa: F403 - fixtures
 
-schemathesis = pytest.importorskip("schemathesis")
+import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402

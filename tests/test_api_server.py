@@ -72,7 +72,6 @@ def test_two_processes_share_one_gallery(tmp_path, obama_jpg, obama2_jpg, biden_
 
 def test_gunicorn_workers_see_enrollments(tmp_path, obama_jpg):
     """gunicorn with two workers: every recognition after an enrollment finds it, whichever worker answers."""
-    pytest.importorskip("gunicorn")
     srv = ServerProcess(tmp_path / "data", gunicorn=True, workers=2)
     try:
         for i in range(3):

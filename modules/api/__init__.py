@@ -126,10 +126,10 @@ def create_app(
     register_error_handlers(app)
     init_auth(app)
 
-    from . import analysis, galleries, health, recognition
+    from . import analysis, galleries, health, recognition, videos
 
     for bp in (health.create_blueprint(), recognition.create_blueprint(), analysis.create_blueprint(),
-               galleries.create_blueprint(), *extra_blueprints):
+               galleries.create_blueprint(), videos.create_blueprint(), *extra_blueprints):
         app.register_api(bp)
     health.register_docs(app)
     log.info(

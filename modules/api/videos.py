@@ -1,0 +1,361 @@
+"""Video jobs over HTTP: upload a video, follow it, read per-frame and per-track results, watch it.
+
+    POST   /api/v1/videos                         multipart ``file`` (+ ``gallery``), or JSON
+                                                  ``{"file"|"video": <base64>, "gallery": ...}``
+                                                  -> 202 ``{"job_id", ...}``
+    GET    /api/v1/videos                         the jobs (of the galleries the key may use)
+    GET    /api/v1/videos/{job_id}                ``{"status", "progress", ...}``
+    GET    /api/v1/videos/{job_id}/frames         per-frame results (``frames.jsonl`` shape), ``offset``/``limit``
+    GET    /api/v1/videos/{job_id}/tracks         per-track summary (when the job has ended)
+    GET    /api/v1/videos/{job_id}/video          the annotated MP4 (when done)
+    GET    /api/v1/videos/{job_id}/crops/<path>   a track's best crop (JPEG)
+    GET    /api/v1/videos/{job_id}/stream         MJPEG of the annotated frames, for an ``<img>`` tag
+    DELETE /api/v1/videos/{job_id}                cancel (``?purge=true`` also deletes a finished job)
+
+Jobs run in this process on a bounded pool (see :mod:`modules.video.jobs`);
+limits come from ``FACEREC_VIDEO_*`` environment variables or
+``create_blueprint(limits=...)``.  An ``<img>`` tag cannot send the
+``X-API-Key`` header, so with keys on the stream endpoint is public but needs
+the job's ``stream_token`` (``?token=``), which only callers allowed to read
+the job are given (``stream_url`` in the job's status).
+
+Register with ``create_app(..., extra_blueprints=[videos.create_blueprint()])``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from flask import Response, current_app, request, send_file, stream_with_context
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import InvalidRequestError, NotFoundError, UnauthorizedError
+from ..video.config import VideoConfig
+from ..video.jobs import MJPEG_MIMETYPE, JobLimits, JobManager, validate_job_id
+from .auth import authorize_gallery, current_key, public
+from .common import COMMON_ERRORS, CONFLICT, NOT_FOUND, SECURITY, UNAVAILABLE
+from .inputs import decode_base64
+from .schemas import ErrorResponse
+from .service import get_service
+
+API_PREFIX = "/api/v1"
+EXTENSION = "facerec_videos"
+VIDEO_FIELDS = ("file", "video")
+TAG_VIDEOS = Tag(name="videos", description="Video jobs: per-frame and per-track recognition, annotated video, MJPEG")
+MAX_FRAMES_PAGE = 10_000
+UPLOAD_ERRORS = {413: ErrorResponse, 415: ErrorResponse, **UNAVAILABLE}
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class JobPath(_In):
+    job_id: str = Field(min_length=36, max_length=36, description="the job id (a UUID)")
+
+
+class FramesQuery(_In):
+    offset: int = Field(0, ge=0, description="frames to skip")
+    limit: int = Field(1000, ge=1, le=MAX_FRAMES_PAGE, description="frames to return")
+
+
+class DeleteQuery(_In):
+    purge: bool = Field(False, description="also delete the files of a job that has already ended")
+
+
+class StreamQuery(_In):
+    token: str | None = Field(None, max_length=100, description="the job's stream_token (needed when API keys are on)")
+
+
+class CropPath(JobPath):
+    name: str = Field(min_length=1, max_length=200)
+    file: str = Field(min_length=1, max_length=200)
+
+
+class VideoUploadForm(BaseModel):
+    file: Any = Field(
+        description="the video file (MP4, MOV, AVI, MKV, WebM...)",
+        json_schema_extra={"type": "string", "format": "binary"},
+    )
+    gallery: str | None = Field(
+        None, description="gallery to recognize against (default: the server's default gallery)"
+    )
+    decision: str | None = Field(None, description="`mean` or `vote`")
+
+
+class VideoUploadJSON(BaseModel):
+    file: str | None = Field(None, description="the video file, base64 (the original clients' shape); also `video`")
+    gallery: str | None = None
+    decision: str | None = None
+
+
+class VideoJob(_Out):
+    job_id: str
+    status: str = Field(description="`queued`, `running`, `done`, `failed` or `cancelled`")
+    progress: float = Field(description="0..1")
+    error: str | None = None
+
+
+class VideoJobList(_Out):
+    jobs: list[VideoJob]
+
+
+class FrameFace(_Out):
+    track_id: int
+    box: list[float]
+    name: str
+    similarity: float
+
+
+class FrameOut(_Out):
+    frame: int
+    time_s: float
+    faces: list[FrameFace]
+
+
+class FramesResponse(_Out):
+    job_id: str
+    status: str
+    offset: int
+    frames: list[FrameOut]
+    next_offset: int | None = Field(description="offset of the next page, null at the end of what is written")
+
+
+class TracksResponse(_Out):
+    job_id: str
+    status: str
+    tracks: list[dict[str, Any]]
+
+
+MP4_RESPONSE = {
+    "description": "the annotated video (MPEG-4)",
+    "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}},
+}
+JPEG_RESPONSE = {
+    "description": "a JPEG crop",
+    "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+}
+MJPEG_RESPONSE = {
+    "description": "`multipart/x-mixed-replace` stream of JPEG frames (use as `<img src=...>`)",
+    "content": {"multipart/x-mixed-replace": {"schema": {"type": "string", "format": "binary"}}},
+}
+
+
+def get_manager() -> JobManager:
+    return current_app.extensions[EXTENSION]
+
+
+def _job_for_caller(job_id: str) -> dict[str, Any]:
+    job = get_manager().get(validate_job_id(job_id))
+    if current_key() is not None:
+        authorize_gallery(job.get("gallery") or "")
+    return job
+
+
+def _with_links(job: dict[str, Any]) -> dict[str, Any]:
+    base = f"{API_PREFIX}/videos/{job['job_id']}"
+    links = {"self": base, "frames": f"{base}/frames", "tracks": f"{base}/tracks", "video": f"{base}/video"}
+    stream = f"{base}/stream"
+    if get_service().keys is not None:
+        stream += f"?token={get_manager().stream_token(job['job_id'])}"
+    links["stream"] = stream
+    return {**job, "links": links, "stream_url": stream}
+
+
+def _read_upload(limit: int) -> tuple[Any, str | None, dict[str, Any]]:
+    """(file object or bytes, client file name, other fields) from multipart or JSON."""
+    # video bodies are larger than image bodies (base64 JSON a third larger); the manager checks the real size
+    request.max_content_length = limit * 4 // 3 + (1 << 20)
+    mimetype = request.mimetype or ""
+    if mimetype == "multipart/form-data":
+        fields = {k: request.form.get(k) for k in request.form.keys()}
+        for name in VIDEO_FIELDS:
+            f = request.files.get(name)
+            if f is not None:
+                return f.stream, f.filename, fields
+        raise InvalidRequestError("no video in the request: send a multipart file part 'file'")
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise InvalidRequestError("the JSON body must be an object with a base64 'file' (or 'video')")
+        for name in VIDEO_FIELDS:
+            if body.get(name):
+                data = decode_base64(body[name], name)
+                fields = {k: v for k, v in body.items() if k not in VIDEO_FIELDS}
+                return data, body.get("filename"), fields
+        raise InvalidRequestError("no video in the request: send JSON {'file': <base64>}")
+    from ..errors import UnsupportedMediaError
+
+    raise UnsupportedMediaError(
+        f"content type {mimetype or '(none)'!r} is not supported; send multipart/form-data with a 'file' part"
+        " or JSON with a base64 'file'"
+    )
+
+
+def create_blueprint(
+    *, limits: JobLimits | None = None, video_config: VideoConfig | None = None, manager: JobManager | None = None
+) -> APIBlueprint:
+    """The ``/api/v1/videos`` blueprint; its job manager is created when the app registers it."""
+    bp = APIBlueprint(
+        "videos",
+        __name__,
+        url_prefix=API_PREFIX,
+        abp_tags=[TAG_VIDEOS],
+        abp_responses=COMMON_ERRORS,
+        abp_security=SECURITY,
+    )
+
+    def _init(state: Any) -> None:
+        app = state.app
+        if EXTENSION in app.extensions:
+            return
+        svc = app.extensions["facerec"]
+        settings = svc.settings
+        app.extensions[EXTENSION] = manager or JobManager(
+            settings.jobs_dir,
+            svc.recognizer,
+            limits=limits or JobLimits.from_env(),
+            video_config=video_config,
+            config_name=settings.config,
+            gallery_location=settings.gallery_location,
+        )
+
+    bp.record_once(_init)
+
+    @bp.post(
+        "/videos",
+        operation_id="create_video_job",
+        responses={202: VideoJob, **UPLOAD_ERRORS, **NOT_FOUND},
+        openapi_extensions={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {"schema": VideoUploadForm.model_json_schema()},
+                    "application/json": {"schema": VideoUploadJSON.model_json_schema()},
+                },
+            }
+        },
+    )
+    def create_video_job():
+        """Upload a video: 202 with the job id; it is processed in the background
+
+        Multipart `file` (the original clients' JSON `{"file": <base64>}` also works) and an
+        optional `gallery`. Follow it with `GET /api/v1/videos/{job_id}`.
+        """
+        svc = get_service()
+        mgr = get_manager()
+        data, filename, fields = _read_upload(mgr.limits.max_upload_bytes)
+        gallery = fields.get("gallery") or svc.settings.default_gallery
+        if not isinstance(gallery, str):
+            raise InvalidRequestError("gallery must be a string")
+        authorize_gallery(gallery)
+        if gallery != svc.settings.default_gallery:
+            svc.gallery.get_gallery(gallery)  # 404 now rather than a failed job later
+        settings = {}
+        if fields.get("decision"):
+            if fields["decision"] not in ("mean", "vote"):
+                raise InvalidRequestError("decision must be 'mean' or 'vote'")
+            settings["decision"] = fields["decision"]
+        job = mgr.submit(data, filename, gallery, settings or None)
+        resp = _with_links(job)
+        return resp, 202, {"Location": resp["links"]["self"]}
+
+    @bp.get("/videos", operation_id="list_video_jobs", responses={200: VideoJobList})
+    def list_video_jobs():
+        """List video jobs (of the galleries the API key may use)"""
+        key = current_key()
+        jobs = [j for j in get_manager().list() if key is None or key.allows(j.get("gallery") or "")]
+        return {"jobs": jobs}
+
+    @bp.get("/videos/<job_id>", operation_id="get_video_job", responses={200: VideoJob, **NOT_FOUND})
+    def get_video_job(path: JobPath):
+        """Status and progress of a video job"""
+        return _with_links(_job_for_caller(path.job_id))
+
+    @bp.get("/videos/<job_id>/frames", operation_id="get_video_frames", responses={200: FramesResponse, **NOT_FOUND})
+    def get_video_frames(path: JobPath, query: FramesQuery):
+        """Per-frame results: `{"frame", "time_s", "faces": [{"track_id", "box", "name", "similarity"}]}`
+
+        Available while the job runs (the frames written so far); page with `offset` and `limit`.
+        """
+        _job_for_caller(path.job_id)
+        frames, job = get_manager().frames(path.job_id, query.offset, query.limit)
+        nxt = query.offset + len(frames) if len(frames) == query.limit else None
+        return {
+            "job_id": job["job_id"],
+            "status": job["status"],
+            "offset": query.offset,
+            "frames": frames,
+            "next_offset": nxt,
+        }
+
+    @bp.get(
+        "/videos/<job_id>/tracks",
+        operation_id="get_video_tracks",
+        responses={200: TracksResponse, **NOT_FOUND, **CONFLICT},
+    )
+    def get_video_tracks(path: JobPath):
+        """Per-track summary: name, first and last frame, best crop, name history (409 until the job ends)"""
+        _job_for_caller(path.job_id)
+        tracks, job = get_manager().tracks(path.job_id)
+        return {"job_id": job["job_id"], "status": job["status"], "tracks": tracks}
+
+    @bp.get(
+        "/videos/<job_id>/video",
+        operation_id="get_video_annotated",
+        responses={200: MP4_RESPONSE, **NOT_FOUND, **CONFLICT},
+    )
+    def get_video_annotated(path: JobPath):
+        """Download the annotated video (409 until the job is done)"""
+        _job_for_caller(path.job_id)
+        p = get_manager().video_path(path.job_id)
+        return send_file(
+            p, mimetype="video/mp4", as_attachment=True, download_name=f"{path.job_id}.mp4", conditional=True
+        )
+
+    @bp.get(
+        "/videos/<job_id>/crops/<name>/<file>",
+        operation_id="get_video_crop",
+        responses={200: JPEG_RESPONSE, **NOT_FOUND, **CONFLICT},
+    )
+    def get_video_crop(path: CropPath):
+        """A track's best crop (the `best_crop` of `/tracks`)"""
+        _job_for_caller(path.job_id)
+        p = get_manager().crop_path(path.job_id, f"{path.name}/{path.file}")
+        if not p.is_file():
+            raise NotFoundError("no such crop")
+        return send_file(p, mimetype="image/jpeg")
+
+    @bp.get("/videos/<job_id>/stream", operation_id="stream_video_job", responses={200: MJPEG_RESPONSE, **NOT_FOUND})
+    @public
+    def stream_video_job(path: JobPath, query: StreamQuery):
+        """MJPEG stream of the annotated frames for an `<img>` tag (like the original `/video_feed`)
+
+        Live while the job runs, then the annotated video at its frame rate. With API keys on, pass the
+        job's `stream_token` as `?token=` (an `<img>` tag cannot send headers).
+        """
+        mgr = get_manager()
+        job_id = validate_job_id(path.job_id)
+        if get_service().keys is not None:
+            expected = mgr.stream_token(job_id)
+            if not query.token or not expected or not hmac.compare_digest(query.token, expected):
+                raise UnauthorizedError("the stream needs the job's stream_token as ?token=")
+        gen = mgr.stream(job_id)
+        resp = Response(stream_with_context(gen), mimetype=MJPEG_MIMETYPE)
+        resp.headers["Cache-Control"] = "no-cache, no-store"
+        resp.headers["X-Accel-Buffering"] = "no"
+        return resp
+
+    @bp.delete("/videos/<job_id>", operation_id="cancel_video_job", responses={200: VideoJob, **NOT_FOUND})
+    def cancel_video_job(path: JobPath, query: DeleteQuery):
+        """Cancel a queued or running job (results so far are kept); `purge=true` deletes an ended job"""
+        _job_for_caller(path.job_id)
+        return get_manager().cancel(path.job_id, purge=query.purge)
+
+    return bp
