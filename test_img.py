@@ -24,8 +24,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from modules.batch import add_common_args, load_attributes, open_for_script, print_summary, process_folder
-    from modules.errors import FaceRecError
+    from modules.batch import add_common_args
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("input_dir", type=Path, help="folder of images (walked recursively)")
@@ -33,33 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-faces", type=int, default=None, help="faces per image, largest first")
     ap.add_argument("--no-crops", action="store_true", help="do not write crops of recognized people")
     args = ap.parse_args(argv)
-    try:
-        if not args.input_dir.is_dir():
-            raise FaceRecError(f"input folder not found: {args.input_dir}")
-        which, analyzer = load_attributes(args.attributes)
-        rec, gallery, cleanup = open_for_script(args)
-        try:
-            summary = process_folder(
-                rec,
-                args.input_dir,
-                args.output,
-                gallery,
-                attributes=which,
-                analyzer=analyzer,
-                save_crops=not args.no_crops,
-                max_faces=args.max_faces,
-                progress=not args.no_progress,
-            )
-        finally:
-            cleanup()
-    except FaceRecError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    print_summary("done", summary, args.output)
-    return 130 if summary.get("interrupted") else 0
+    from modules.batch import run_folder
+
+    return run_folder(args)
 
 
 if __name__ == "__main__":

@@ -329,3 +329,34 @@ def print_summary(title: str, summary: dict[str, Any], out_dir: Path, extra: lis
     lines.extend(extra or [])
     lines.append(f"  output: {out_dir}")
     print("\n".join(lines), file=sys.stderr)
+
+
+def run_folder(args: argparse.Namespace) -> int:
+    """``test_img.py``'s work. Exit status: 0 done, 1 real failure, 130 interrupted."""
+    try:
+        if not args.input_dir.is_dir():
+            raise FaceRecError(f"input folder not found: {args.input_dir}")
+        which, analyzer = load_attributes(args.attributes)
+        rec, gallery, cleanup = open_for_script(args)
+        try:
+            summary = process_folder(
+                rec,
+                args.input_dir,
+                args.output,
+                gallery,
+                attributes=which,
+                analyzer=analyzer,
+                save_crops=not args.no_crops,
+                max_faces=args.max_faces,
+                progress=not args.no_progress,
+            )
+        finally:
+            cleanup()
+    except FaceRecError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print_summary("done", summary, args.output)
+    return 130 if summary.get("interrupted") else 0
