@@ -33,19 +33,8 @@ from typing import Any
 import numpy as np
 
 from ..face import UNKNOWN, Candidate, Face
+from ..face import Identification as Decision  # a track's decision is an identification
 from .config import VideoConfig
-
-
-@dataclass
-class Decision:
-    name: str
-    similarity: float
-    candidates: list[Candidate]
-    threshold: float
-
-    @property
-    def known(self) -> bool:
-        return self.name != UNKNOWN
 
 
 def face_pose(face: Face) -> float:
