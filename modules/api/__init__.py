@@ -32,7 +32,7 @@ from .schemas import ErrorResponse
 from .service import EXTENSION, FaceRecService, get_service
 from .settings import Settings
 
-__all__ = ["Settings", "create_app", "get_service", "FaceRecService", "API_VERSION"]
+__all__ = ["API_VERSION", "FaceRecService", "Settings", "create_app", "get_service"]
 
 API_VERSION = "1.0.0"
 DOCS_PREFIX = "/docs"
@@ -132,6 +132,9 @@ def create_app(
                galleries.create_blueprint(), videos.create_blueprint(), *extra_blueprints):
         app.register_api(bp)
     health.register_docs(app)
+    from ..ui import register_ui
+
+    register_ui(app)  # the browser pages (plain Flask blueprint, not in the OpenAPI document)
     log.info(
         "face recognition API ready: model %s, gallery %s, API keys %s",
         rec.model_id,
