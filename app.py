@@ -1,10 +1,14 @@
 """The face recognition HTTP service.
 
     python app.py [--host 127.0.0.1] [--port 5000] [--data-dir ./data] [--config configs/sface.yaml] [--api-keys]
+                  [--database-url postgresql://...] [--queue-url redis://...] [--storage-dir /shared/jobs]
 
 serves with waitress (a production WSGI server, threads share one copy of
-the models).  ``app`` is also exposed for other servers, configured with
-``FACEREC_*`` environment variables (see ``modules/api/settings.py``):
+the models).  Video jobs run inside this process unless ``--queue-url`` (or
+``QUEUE_URL``) names a Redis server: then ``python -m modules.worker
+--queue-url ...`` processes, on any machines, run them (see docs/queue.md).
+``app`` is also exposed for other servers, configured with ``FACEREC_*``
+environment variables (see ``modules/api/settings.py``):
 
     gunicorn -c gunicorn.conf.py app:app      # several worker processes
     flask --app app run                       # development
@@ -43,6 +47,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--data-dir", default="./data", help="holds the gallery database and job files (default ./data)")
     ap.add_argument("--config", default=None, help="embedder config (default configs/sface.yaml)")
     ap.add_argument("--api-keys", action="store_true", help="require X-API-Key (python -m modules.api.keys create ...)")
+    ap.add_argument("--database-url", default=None,
+                    help="gallery (and video job) database, e.g. postgresql://... (default: $DATABASE_URL,"
+                         " else SQLite in the data dir)")
+    ap.add_argument("--queue-url", default=None,
+                    help="run video jobs on `python -m modules.worker` processes through this Redis"
+                         " (redis://host:6379/0; default: $QUEUE_URL; unset: in this process)")
+    ap.add_argument("--storage-dir", default=None,
+                    help="video job files, shared with the workers (default <data-dir>/jobs)")
+    ap.add_argument("--chunk-seconds", type=float, default=None,
+                    help="split videos at least twice this long into chunks of about this length (default 60; 0 = never)")
     ap.add_argument("--max-upload-bytes", type=int, default=DEFAULT_MAX_UPLOAD_BYTES, help="largest request body")
     ap.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest decoded image, in pixels")
     ap.add_argument("--threads", type=int, default=8, help="request threads (default 8)")
@@ -54,12 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        from modules.gallery import resolve_database_url
+        from modules.worker import queue_url_from_env
+
         settings = Settings(
             data_dir=args.data_dir,
             config=args.config,
             api_keys=args.api_keys,
             max_upload_bytes=args.max_upload_bytes,
             max_pixels=args.max_pixels,
+            gallery_url=resolve_database_url(args.database_url),
+            queue_url=queue_url_from_env(args.queue_url),
+            storage_dir=args.storage_dir,
+            video_chunk_seconds=args.chunk_seconds,
         )
         application = create_app(settings)
     except FaceRecError as exc:

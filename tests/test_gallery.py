@@ -1,5 +1,9 @@
-"""The SQLite gallery: persistence, search ranking, errors, atomicity, concurrency, re-embedding.
+"""The gallery backends: persistence, search ranking, errors, atomicity, concurrency, re-embedding.
 
+Every test that is about behaviour runs against both backends: the embedded
+SQLite file and PostgreSQL with pgvector (a throwaway server from the
+``pgserver`` package, see ``tests/pg_fixtures.py``).  SQLite-only tests (its
+file format, WAL, SIGKILL of a writer, the busy timeout) say so in their name.
 Embeddings are random unit vectors: the storage and search logic is under test
 here, not a model.
 """
@@ -29,11 +33,14 @@ from modules.errors import (
     GalleryNotFoundError,
     InvalidRequestError,
     PersonNotFoundError,
+    ServiceUnavailableError,
 )
-from modules.gallery import NewFace, SQLiteGallery, open_gallery
+from modules.gallery import NewFace, SQLiteGallery, open_gallery, resolve_database_url
+from tests.pg_fixtures import pg_server, pg_url  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 16
+BACKENDS = ["sqlite", "postgres"]
 
 
 def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
@@ -55,29 +62,86 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "gallery.db"
 
 
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def store(db: Path):
-    s = SQLiteGallery(db)
+def gallery_url(backend, db, request) -> str:
+    """Where a fresh, empty gallery of this test's own lives: a SQLite path or a PostgreSQL URL."""
+    if backend == "sqlite":
+        return str(db)
+    return request.getfixturevalue("pg_url")
+
+
+def open_store(url: str, **kw):
+    if url.startswith("postgresql://"):
+        kw.setdefault("ann_autobuild", "sync")
+    return open_gallery(url, **kw)
+
+
+@pytest.fixture
+def store(gallery_url):
+    s = open_store(gallery_url)
     yield s
     s.close()
 
 
-def snapshot(store: SQLiteGallery) -> list[tuple]:
-    """Everything a test could care about, to compare 'unchanged'."""
+def is_pg(store) -> bool:
+    return type(store).__name__ == "PostgresGallery"
+
+
+def query_all(store, sql: str) -> list[tuple]:
+    """Rows of ``sql`` read straight from the backend's database (not through the store)."""
+    if is_pg(store):
+        import psycopg
+
+        with psycopg.connect(store.url) as conn:
+            return [tuple(r) for r in conn.execute(sql).fetchall()]
     conn = sqlite3.connect(store.path)
     try:
-        return [
-            conn.execute("SELECT * FROM galleries ORDER BY id").fetchall(),
-            conn.execute("SELECT * FROM people ORDER BY id").fetchall(),
-            conn.execute("SELECT * FROM faces ORDER BY id").fetchall(),
-        ]
+        return conn.execute(sql).fetchall()
     finally:
         conn.close()
 
 
+def snapshot(store) -> list[list[tuple]]:
+    """Everything a test could care about, to compare 'unchanged'."""
+    if is_pg(store):
+        return [
+            query_all(store, "SELECT * FROM galleries ORDER BY id"),
+            query_all(store, "SELECT * FROM people ORDER BY id"),
+            query_all(store, "SELECT id, person_id, gallery_id, embedder, dim, embedding::text, crop_png, source"
+                             " FROM faces ORDER BY id"),
+            query_all(store, "SELECT * FROM gallery_embedders ORDER BY 1, 2, 3"),
+        ]
+    return [
+        query_all(store, "SELECT * FROM galleries ORDER BY id"),
+        query_all(store, "SELECT * FROM people ORDER BY id"),
+        query_all(store, "SELECT * FROM faces ORDER BY id"),
+    ]
+
+
+def check_pg_counters(store) -> None:
+    """The trigger-kept counters of a PostgreSQL gallery equal a recount."""
+    assert query_all(
+        store, "SELECT p.id, p.num_faces, (SELECT count(*) FROM faces f WHERE f.person_id = p.id) FROM people p"
+        " WHERE p.num_faces <> (SELECT count(*) FROM faces f WHERE f.person_id = p.id)"
+    ) == []
+    assert query_all(
+        store, "SELECT g.id FROM galleries g WHERE g.people_with_faces <>"
+        " (SELECT count(*) FROM people p WHERE p.gallery_id = g.id AND EXISTS"
+        " (SELECT 1 FROM faces f WHERE f.person_id = p.id))"
+    ) == []
+    got = query_all(store, "SELECT gallery_id, embedder, dim, faces FROM gallery_embedders WHERE faces > 0 ORDER BY 1, 2, 3")
+    want = query_all(store, "SELECT gallery_id, embedder, dim, count(*) FROM faces GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
+    assert got == want
+
+
 # --- basics --------------------------------------------------------------------------
-def test_persists_across_reopen(db, rng):
-    s = SQLiteGallery(db)
+def test_persists_across_reopen(gallery_url, rng):
+    s = open_store(gallery_url)
     crop = cv2.imencode(".png", np.zeros((112, 112, 3), np.uint8))[1].tobytes()
     new = NewFace(
         embedding=unit(rng, 1)[0],
@@ -93,7 +157,7 @@ def test_persists_across_reopen(db, rng):
     s.add_person("main", "bob", metadata={"team": "x"})
     s.close()
 
-    s2 = open_gallery(str(db))
+    s2 = open_store(gallery_url)
     info = s2.get_face(fid, with_embedding=True)
     assert info.person == "alice" and info.gallery == "main" and info.embedder == "m1" and info.dim == DIM
     assert info.has_crop and info.source == "photos/alice.jpg" and info.source_sha256 == "ab" * 32
@@ -104,10 +168,19 @@ def test_persists_across_reopen(db, rng):
     assert s2.get_person("main", "bob").metadata == {"team": "x"}
     [[top]] = s2.search("main", new.embedding, "m1", top_k=1)
     assert (top.person, top.face_id) == ("alice", fid) and top.similarity == pytest.approx(1.0, abs=1e-5)
-    conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == 1
-    conn.close()
+    assert s2.get_face(fid, gallery="main").created_at.endswith("Z")
+    if is_pg(s2):
+        from modules.gallery.postgres import SCHEMA_VERSION as PG_SCHEMA
+
+        assert query_all(s2, "SELECT max(version) FROM gallery_schema_migrations") == [(PG_SCHEMA,)]
+        assert s2.stats()["pgvector"] >= "0.5"
+    else:
+        from modules.gallery import SCHEMA_VERSION
+
+        conn = sqlite3.connect(gallery_url)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == SCHEMA_VERSION
+        conn.close()
     s2.close()
 
 
@@ -117,8 +190,10 @@ def test_open_gallery_urls(tmp_path, monkeypatch):
     assert (tmp_path / "rel" / "g.db").exists()
     assert open_gallery(f"sqlite:///{tmp_path}/abs.db").path == tmp_path / "abs.db"
     assert open_gallery(tmp_path / "p.db").path == tmp_path / "p.db"
-    with pytest.raises(ConfigError):
-        open_gallery("postgresql://u@h/db")
+    with pytest.raises(ConfigError, match="cannot connect"):
+        open_gallery("postgresql://u@127.0.0.1:1/db", connect_timeout_s=1)
+    with pytest.raises(ConfigError, match="scheme"):
+        open_gallery("mysql://u@h/db")
     with pytest.raises(ConfigError):
         open_gallery(":memory:")
     (tmp_path / "junk.db").write_bytes(b"this is not sqlite" * 100)
@@ -126,14 +201,53 @@ def test_open_gallery_urls(tmp_path, monkeypatch):
         open_gallery(tmp_path / "junk.db")
 
 
-def test_newer_schema_refused(db):
-    SQLiteGallery(db).close()
+def test_newer_schema_refused(gallery_url):
+    s = open_store(gallery_url)
+    if is_pg(s):
+        import psycopg
+
+        with psycopg.connect(gallery_url) as conn:
+            conn.execute("INSERT INTO gallery_schema_migrations (version, description) VALUES (99, 'future')")
+    else:
+        conn = sqlite3.connect(gallery_url)
+        conn.execute("UPDATE meta SET value = 99 WHERE key = 'schema_version'")
+        conn.commit()
+        conn.close()
+    s.close()
+    with pytest.raises(ConfigError, match="schema version 99"):
+        open_store(gallery_url)
+
+
+def test_migration_from_schema_1(db, rng):
+    """A version-1 SQLite file (before the change log) is migrated in place and keeps its faces."""
     conn = sqlite3.connect(db)
-    conn.execute("UPDATE meta SET value = 99 WHERE key = 'schema_version'")
+    from modules.gallery.sqlite import MIGRATIONS
+
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value NOT NULL)")
+    for sql in MIGRATIONS[0][1]:
+        conn.execute(sql)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', 1), ('generation', 1), ('created_at', 'x')")
+    conn.execute("INSERT INTO galleries (name, created_at, generation) VALUES ('main', 'x', 1)")
+    conn.execute("INSERT INTO people (gallery_id, name, created_at) VALUES (1, 'alice', 'x')")
+    e = unit(rng, 1)[0]
+    conn.execute(
+        "INSERT INTO faces (person_id, embedder, dim, embedding, created_at) VALUES (1, 'm1', ?, ?, 'x')",
+        (DIM, e.astype("<f4").tobytes()),
+    )
     conn.commit()
     conn.close()
-    with pytest.raises(ConfigError, match="schema version 99"):
-        SQLiteGallery(db)
+    s = SQLiteGallery(db)
+    assert s.search("main", e, "m1")[0][0].person == "alice"
+    s.delete_person("main", "alice")
+    assert query_all(s, "SELECT face_id FROM face_deletions") == [(1,)]
+    s.close()
+
+
+def test_resolve_database_url():
+    assert resolve_database_url("postgresql://a/b", {"DATABASE_URL": "postgresql://c/d"}) == "postgresql://a/b"
+    assert resolve_database_url(None, {"DATABASE_URL": " postgresql://c/d "}) == "postgresql://c/d"
+    assert resolve_database_url("", {"DATABASE_URL": ""}) is None
+    assert resolve_database_url(None, {}) is None
 
 
 @pytest.mark.parametrize("bad", ["", "   ", "a/b", "x" * 129, "tab\there", "nl\n", ".", "..", " lead", 7, None])
@@ -266,13 +380,15 @@ def test_people_crud_and_status_codes(store, rng):
         store.delete_person("main", "robert")
     assert store.search("main", unit(rng, 1), "m1") == [[]]
     assert store.num_people("main") == 0
-    conn = sqlite3.connect(store.path)
-    assert conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0] == 0  # cascaded
-    conn.close()
+    assert query_all(store, "SELECT COUNT(*) FROM faces") == [(0,)]  # cascaded
 
     store.add_faces("main", "x", faces(rng, 2))
     assert store.delete_gallery("main") == {"people": 2, "faces": 2}
     assert [g.name for g in store.list_galleries()] == ["other"]
+    with pytest.raises(GalleryNotFoundError):
+        store.num_people("main")
+    if is_pg(store):
+        check_pg_counters(store)
 
 
 def test_list_people_pagination(store, rng):
@@ -330,35 +446,92 @@ def test_failure_inside_transaction_rolls_back(store, rng):
     with pytest.raises(PersonNotFoundError):
         store.add_faces_many("main", {"alice": faces(rng, 2), "ghost": faces(rng, 2)}, create_missing=False)
     assert snapshot(store) == before
+    with pytest.raises(GalleryNotFoundError):
+        store.add_faces("nowhere", "alice", faces(rng, 1), create_missing=False)
+    assert snapshot(store) == before
 
 
 # --- cross-process visibility and concurrency ---------------------------------------------------
-def test_other_process_enrollment_seen_by_next_search(db, rng):
-    a, b = SQLiteGallery(db), SQLiteGallery(db)  # two objects = two processes' views
+def test_other_process_enrollment_seen_by_next_search(gallery_url, rng):
+    a, b = open_store(gallery_url), open_store(gallery_url)  # two objects = two processes' views
     a.add_faces("main", "alice", faces(rng, 2))
     q = unit(rng, 1)
     assert [c.person for c in a.search("main", q, "m1", top_k=5)[0]] == ["alice"]
-    loads = a.cache_loads
+    sqlite = isinstance(a, SQLiteGallery)
+    loads = a.cache_loads if sqlite else 0
     a.search("main", q, "m1")
-    assert a.cache_loads == loads  # nothing changed: no reload
+    if sqlite:
+        assert a.cache_loads == loads  # nothing changed: no reload
     b.add_faces("main", "bob", [NewFace(q[0], "m1")])
     top = a.search("main", q, "m1", top_k=5)[0]
     assert top[0].person == "bob" and top[0].similarity == pytest.approx(1.0, abs=1e-5)
-    assert a.cache_loads == loads + 1
+    assert a.num_people("main") == 2
+    if sqlite:
+        assert a.cache_loads == loads + 1
     b.rename_person("main", "bob", "robert")
     assert a.search("main", q, "m1")[0][0].person == "robert"
     b.delete_person("main", "robert")
     assert [c.person for c in a.search("main", q, "m1")[0]] == ["alice"]
-    # a write to another gallery does not invalidate this one
-    loads = a.cache_loads
-    b.add_faces("elsewhere", "zed", faces(rng, 1))
-    a.search("main", q, "m1")
-    assert a.cache_loads == loads
+    assert a.num_people("main") == 1
+    if sqlite:  # a write to another gallery does not invalidate this one
+        loads = a.cache_loads
+        b.add_faces("elsewhere", "zed", faces(rng, 1))
+        a.search("main", q, "m1")
+        assert a.cache_loads == loads
     a.close(), b.close()
 
 
-def test_many_threads_enrolling_lose_nothing(db):
-    stores = [SQLiteGallery(db), SQLiteGallery(db)]
+SEARCH_LOOP = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    from modules.gallery import open_gallery
+
+    store = open_gallery(sys.argv[1])
+    q = np.load(sys.argv[2])
+    print("ready", flush=True)
+    for line in sys.stdin:  # one search per line from the parent, the top person back
+        top = store.search("main", q, "m1", top_k=1)[0]
+        print(top[0].person if top else "-", flush=True)
+    """
+)
+
+
+def test_separate_processes_see_each_others_enrollments_at_once(gallery_url, tmp_path, rng):
+    """An API server process searching while another process enrolls: no restart, no delay."""
+    q = unit(rng, 1)
+    np.save(tmp_path / "q.npy", q)
+    (tmp_path / "search_loop.py").write_text(SEARCH_LOOP)
+    writer = open_store(gallery_url)
+    writer.ensure_gallery("main")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, str(tmp_path / "search_loop.py"), gallery_url, str(tmp_path / "q.npy")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+
+        def ask() -> str:
+            proc.stdin.write("?\n")
+            proc.stdin.flush()
+            return proc.stdout.readline().strip()
+
+        assert ask() == "-"
+        writer.add_faces("main", "alice", [NewFace(q[0] + 0.01 * unit(rng, 1)[0], "m1")])
+        assert ask() == "alice"
+        writer.add_faces("main", "bob", [NewFace(q[0], "m1")])
+        assert ask() == "bob"
+        writer.delete_person("main", "bob")
+        assert ask() == "alice"
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+        writer.close()
+
+
+def test_many_threads_enrolling_lose_nothing(gallery_url):
+    stores = [open_store(gallery_url), open_store(gallery_url)]
     n_threads, per_thread, k = 8, 10, 3
     errors: list[BaseException] = []
 
@@ -382,7 +555,10 @@ def test_many_threads_enrolling_lose_nothing(db):
     assert st["faces"] == n_threads * per_thread * k
     assert st["people"] == n_threads * 4
     assert stores[1].num_people("main") == n_threads * 4
-    assert stores[0].integrity_check() == []
+    if is_pg(stores[0]):
+        check_pg_counters(stores[0])
+    else:
+        assert stores[0].integrity_check() == []
     for s in stores:
         s.close()
 
@@ -402,17 +578,25 @@ def test_forked_worker_gets_its_own_connection(store, rng):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+    # the parent's connections still work (the child neither used nor closed them)
     assert {c.person for c in store.search("main", unit(rng, 1), "m1", top_k=5)[0]} == {"parent", "child"}
-    assert store.integrity_check() == []
+    if is_pg(store):
+        check_pg_counters(store)
+    else:
+        assert store.integrity_check() == []
 
 
-def test_busy_database_is_a_503(db, rng):
-    from modules.errors import ServiceUnavailableError
-
-    store = SQLiteGallery(db, busy_timeout_s=0.2)
+def test_busy_database_is_a_503(gallery_url, rng):
+    store = open_store(gallery_url, busy_timeout_s=0.2)
     store.add_faces("main", "alice", faces(rng, 1))
-    other = sqlite3.connect(db, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    if is_pg(store):  # another server holds the gallery's row lock (a long enrollment)
+        import psycopg
+
+        other = psycopg.connect(gallery_url)
+        other.execute("SELECT * FROM galleries WHERE name = 'main' FOR UPDATE")
+    else:  # another process holds the write lock
+        other = sqlite3.connect(gallery_url, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
     try:
         before = time.monotonic()
         with pytest.raises(ServiceUnavailableError) as exc:
@@ -420,7 +604,7 @@ def test_busy_database_is_a_503(db, rng):
         assert exc.value.status == 503 and time.monotonic() - before < 5
         assert store.search("main", unit(rng, 1), "m1")[0][0].person == "alice"  # readers are not blocked
     finally:
-        other.execute("ROLLBACK")
+        other.rollback() if is_pg(store) else other.execute("ROLLBACK")
         other.close()
     store.add_faces("main", "bob", faces(rng, 1))
     assert store.num_people("main") == 2
@@ -431,10 +615,10 @@ ENROLL_LOOP = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from modules.gallery import NewFace, SQLiteGallery
+    from modules.gallery import NewFace, open_gallery
 
-    path, k = sys.argv[1], int(sys.argv[2])
-    store = SQLiteGallery(path)
+    url, k = sys.argv[1], int(sys.argv[2])
+    store = open_gallery(url)
     rng = np.random.default_rng(0)
     crop = b"\\x89PNG\\r\\n\\x1a\\n" + bytes(20000)
     i = 0
@@ -451,24 +635,25 @@ ENROLL_LOOP = textwrap.dedent(
 
 
 @pytest.mark.parametrize("kill_after_batches", [3, 12])
-def test_sigkill_during_enrollment_leaves_consistent_db(db, tmp_path, kill_after_batches):
+def test_sigkill_during_enrollment_leaves_consistent_db(gallery_url, tmp_path, kill_after_batches):
     k = 8
     script = tmp_path / "enroll_loop.py"
     script.write_text(ENROLL_LOOP)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, str(script), str(db), str(k)], cwd=ROOT, env=env)
+    observer = open_store(gallery_url)
+
+    def count_faces() -> int:
+        try:
+            return query_all(observer, "SELECT COUNT(*) FROM faces")[0][0]
+        except sqlite3.OperationalError:
+            return 0
+
+    proc = subprocess.Popen([sys.executable, str(script), gallery_url, str(k)], cwd=ROOT, env=env)
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if db.exists():
-                try:
-                    conn = sqlite3.connect(db, timeout=5)
-                    n = conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
-                    conn.close()
-                except sqlite3.OperationalError:
-                    n = 0
-                if n >= kill_after_batches * k:
-                    break
+            if count_faces() >= kill_after_batches * k:
+                break
             assert proc.poll() is None, "the enrolling subprocess died on its own"
             time.sleep(0.005)
         else:
@@ -476,20 +661,23 @@ def test_sigkill_during_enrollment_leaves_consistent_db(db, tmp_path, kill_after
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
-    n_faces = conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
-    n_people = conn.execute("SELECT COUNT(*) FROM people").fetchone()[0]
-    per_batch = conn.execute("SELECT source, COUNT(*) FROM faces GROUP BY source").fetchall()
-    conn.close()
+    if is_pg(observer):
+        time.sleep(0.2)  # the server notices the dead client and rolls its transaction back
+        check_pg_counters(observer)
+    else:
+        conn = sqlite3.connect(gallery_url)
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        conn.close()
+    n_faces = query_all(observer, "SELECT COUNT(*) FROM faces")[0][0]
+    n_people = query_all(observer, "SELECT COUNT(*) FROM people")[0][0]
+    per_batch = query_all(observer, "SELECT source, COUNT(*) FROM faces GROUP BY source")
     assert n_faces >= kill_after_batches * k and n_faces % k == 0 and n_people == n_faces
     assert all(count == k for _, count in per_batch)
-    # the file is still usable
-    s = SQLiteGallery(db)
-    s.add_faces("main", "after", faces(np.random.default_rng(1), 1))
-    assert s.stats("main")["faces"] == n_faces + 1
-    s.close()
+    # the database is still usable
+    observer.add_faces("main", "after", faces(np.random.default_rng(1), 1))
+    assert observer.stats("main")["faces"] == n_faces + 1
+    observer.close()
 
 
 # --- re-embedding ------------------------------------------------------------------------------
@@ -547,3 +735,198 @@ def test_reembed_refuses_or_drops_uncroppable(store, rng):
     assert (counts["reembedded"], counts["dropped"], counts["galleries"]) == (1, 2, 1)
     assert store.get_person("main", "legacy").num_faces == 0
     assert store.search("main", unit(rng, 1, emb.dim), emb.model_id)[0][0].person == "alice"
+
+
+# --- the ANN index (large galleries) -------------------------------------------------------------
+ANN_THRESHOLD = 100
+
+
+def open_ann(url: str, **kw):
+    return open_store(url, ann_threshold=ANN_THRESHOLD, **kw)
+
+
+def enroll_crowd(store, rng, n_people: int, gallery: str = "main", prefix: str = "p") -> dict[str, np.ndarray]:
+    per_person = {f"{prefix}{i:04d}": unit(rng, int(rng.integers(1, 4))) for i in range(n_people)}
+    names = list(per_person)
+    for s in range(0, n_people, 100):
+        store.add_faces_many(gallery, {n: [NewFace(e, "m1") for e in per_person[n]] for n in names[s : s + 100]})
+    return per_person
+
+
+def near(rng, per_person, names, noise=0.3):
+    q = np.stack([per_person[n][0] for n in names]) + noise * unit(rng, len(names)) / np.sqrt(DIM) * 4
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def test_ann_search_matches_exact(gallery_url, rng):
+    store = open_ann(gallery_url)
+    per_person = enroll_crowd(store, rng, 400)
+    assert store.search_index_info("main")["kind"] == "hnsw"
+    names = list(per_person)
+    queries = np.concatenate([near(rng, per_person, names[::20]), unit(rng, 20)])
+    for top_k in (1, 5):
+        got = store.search("main", queries, "m1", top_k=top_k)
+        want = brute_force(queries, per_person, top_k)
+        same = sum([c.person for c in g] == [n for n, _ in w] for g, w in zip(got, want))
+        assert same >= 0.95 * len(queries), (top_k, same)
+        for g, w in zip(got, want):
+            assert len(g) == top_k
+            assert g[0].similarity == pytest.approx(w[0][1], abs=1e-5) or g[0].similarity < w[0][1]
+    # the face behind each candidate is that person's best face
+    for c in store.search("main", queries[:3], "m1", top_k=3)[0]:
+        f = store.get_face(c.face_id, with_embedding=True)
+        assert f.person == c.person and float(f.embedding @ queries[0]) == pytest.approx(c.similarity, abs=1e-5)
+    assert store.num_people("main") == 400
+    if isinstance(store, SQLiteGallery):  # random queries are near-ties: searched again with the wide beam
+        assert store.ann_refined > 0
+    # another (small) gallery of the same database is searched on its own
+    store.add_faces("small", "solo", [NewFace(queries[0], "m1")])
+    assert [c.person for c in store.search("small", queries[0], "m1", top_k=5)[0]] == ["solo"]
+    assert store.search_index_info("small")["kind"] == "exact"
+    assert all(c.person != "solo" for c in store.search("main", queries[0], "m1", top_k=5)[0])
+    store.close()
+
+
+def test_ann_kept_in_step_with_other_writers(gallery_url, rng):
+    a, b = open_ann(gallery_url), open_ann(gallery_url)
+    per_person = enroll_crowd(a, rng, 150)
+    q = unit(rng, 1)
+    a.search("main", q, "m1")
+    sqlite = isinstance(a, SQLiteGallery)
+    if sqlite:
+        assert (a.ann_builds, a.cache_loads) == (1, 1)
+    b.add_faces("main", "newcomer", [NewFace(q[0], "m1")])
+    top = a.search("main", q, "m1", top_k=3)[0]
+    assert top[0].person == "newcomer" and top[0].similarity == pytest.approx(1.0, abs=1e-5)
+    assert a.num_people("main") == 151
+    b.rename_person("main", "newcomer", "renamed")
+    assert a.search("main", q, "m1")[0][0].person == "renamed"
+    [fid] = [f.id for f in b.list_faces("main", "renamed")]
+    b.add_faces("main", "renamed", [NewFace(-q[0], "m1")])
+    b.delete_face(fid)
+    assert a.search("main", q, "m1")[0][0].person != "renamed"
+    assert a.search("main", -q, "m1")[0][0].person == "renamed"
+    victim = next(iter(per_person))
+    b.delete_person("main", victim)
+    assert all(c.person != victim for c in a.search("main", per_person[victim], "m1", top_k=5)[0])
+    assert a.num_people("main") == 150
+    if sqlite:  # all of it by catching up from the change log, no rebuild, no full reload
+        assert (a.ann_builds, a.cache_loads) == (1, 1) and a.ann_catchups >= 4
+    a.close(), b.close()
+
+
+def test_ann_index_falls_back_to_exact_when_gallery_shrinks(gallery_url, rng):
+    store = open_ann(gallery_url)
+    per_person = enroll_crowd(store, rng, 120)
+    total = sum(len(v) for v in per_person.values())
+    assert store.search_index_info("main")["kind"] == "hnsw"
+    names = iter(per_person)
+    while total >= ANN_THRESHOLD // 2 - 5:
+        total -= store.delete_person("main", next(names))
+    assert store.search_index_info("main")["kind"] == "exact"
+    left = {n: per_person[n] for n in names}
+    q = unit(rng, 3)
+    assert [[c.person for c in r] for r in store.search("main", q, "m1", top_k=3)] == [
+        [n for n, _ in w] for w in brute_force(q, left, 3)
+    ]
+    store.close()
+
+
+def test_ann_index_saved_and_caught_up_on_restart(db, rng):
+    a = SQLiteGallery(db, ann_threshold=ANN_THRESHOLD)
+    per_person = enroll_crowd(a, rng, 150)
+    a.search("main", unit(rng, 1), "m1")
+    assert a.ann_builds == 1 and (db.parent / "gallery.db.ann" / "g1.json").exists()
+    a.close()
+    # while no server runs, another process enrolls and deletes
+    b = SQLiteGallery(db, ann_threshold=None)
+    q = unit(rng, 1)
+    b.add_faces("main", "late", [NewFace(q[0], "m1")])
+    victim = next(iter(per_person))
+    b.delete_person("main", victim)
+    b.close()
+    c = SQLiteGallery(db, ann_threshold=ANN_THRESHOLD)
+    assert c.search("main", q, "m1")[0][0].person == "late"
+    assert (c.ann_loads, c.ann_builds, c.cache_loads) == (1, 0, 0)
+    assert all(x.person != victim for x in c.search("main", per_person[victim], "m1", top_k=5)[0])
+    assert c.num_people("main") == 150
+    c.close()
+    # a saved index whose deletions were pruned from the log is not trusted: rebuilt
+    d = SQLiteGallery(db, ann_threshold=None)
+    d.delete_person("main", "late")
+    conn = sqlite3.connect(db)
+    SQLiteGallery._prune_deletions(conn, keep=0)
+    conn.commit()
+    conn.close()
+    d.close()
+    e = SQLiteGallery(db, ann_threshold=ANN_THRESHOLD)
+    assert e.search("main", q, "m1")[0][0].person != "late"
+    assert (e.ann_loads, e.ann_builds) == (0, 1)
+    e.close()
+    # the index of a deleted gallery goes with it; a different database at the same path ignores old files
+    f = SQLiteGallery(db, ann_threshold=ANN_THRESHOLD)
+    f.delete_gallery("main")
+    assert not (db.parent / "gallery.db.ann" / "g1.json").exists()
+    f.close()
+
+
+def test_ann_index_of_another_database_is_ignored(tmp_path, rng):
+    db = tmp_path / "g.db"
+    a = SQLiteGallery(db, ann_threshold=ANN_THRESHOLD)
+    enroll_crowd(a, rng, 120)
+    a.search("main", unit(rng, 1), "m1")
+    a.close()
+    saved = {p.name: p.read_bytes() for p in (tmp_path / "g.db.ann").iterdir() if p.is_file()}
+    for p in tmp_path.glob("g.db*"):
+        if p.is_file():
+            p.unlink()
+    b = SQLiteGallery(db, ann_threshold=ANN_THRESHOLD)  # a new database at the same path
+    per_person = enroll_crowd(b, np.random.default_rng(99), 120)
+    for name, data in saved.items():
+        (tmp_path / "g.db.ann" / name).write_bytes(data)
+    b.close()
+    c = SQLiteGallery(db, ann_threshold=ANN_THRESHOLD)
+    name = next(iter(per_person))
+    assert c.search("main", per_person[name][0], "m1")[0][0].person == name
+    assert (c.ann_loads, c.ann_builds) == (0, 1)
+    c.close()
+
+
+def test_ann_reembed_switches_model(gallery_url, rng):
+    store = open_ann(gallery_url)
+    emb = PixelEmbedder()
+    crops = {}
+    for s in range(0, 110, 55):
+        batch = {}
+        for i in range(s, s + 55):
+            img, png = crop_png(rng)
+            crops[f"p{i}"] = img
+            batch[f"p{i}"] = [NewFace(unit(rng, 1)[0], "old-model", crop_png=png)]
+        store.add_faces_many("main", batch)
+    store.search("main", unit(rng, 1), "old-model")
+    assert store.search_index_info("main")["kind"] == "hnsw"
+    store.reembed("main", emb)
+    query = emb.embed(crops["p42"][None])
+    assert store.search("main", query, emb.model_id)[0][0].person == "p42"
+    assert store.search_index_info("main")["kind"] == "hnsw"
+    with pytest.raises(EmbedderMismatchError):
+        store.search("main", unit(rng, 1), "old-model")
+    if is_pg(store):
+        check_pg_counters(store)
+    store.close()
+
+
+def test_gallery_deleted_and_recreated_by_another_process(db, rng):
+    a, b = SQLiteGallery(db, ann_threshold=ANN_THRESHOLD), SQLiteGallery(db, ann_threshold=ANN_THRESHOLD)
+    enroll_crowd(a, rng, 120)
+    q = unit(rng, 1)
+    a.search("main", q, "m1")
+    old_id = a.get_gallery("main").id
+    assert old_id in a._cache
+    b.delete_gallery("main")
+    with pytest.raises(GalleryNotFoundError):
+        a.search("main", q, "m1")
+    assert old_id not in a._cache  # the index of the deleted gallery is let go
+    b.add_faces("main", "fresh", [NewFace(q[0], "m1")])
+    assert [c.person for c in a.search("main", q, "m1", top_k=5)[0]] == ["fresh"]
+    a.close(), b.close()

@@ -12,8 +12,12 @@
     GET    /api/v1/videos/{job_id}/stream         MJPEG of the annotated frames, for an ``<img>`` tag
     DELETE /api/v1/videos/{job_id}                cancel (``?purge=true`` also deletes a finished job)
 
-Jobs run in this process on a bounded pool (see :mod:`modules.video.jobs`);
-limits come from ``FACEREC_VIDEO_*`` environment variables or
+Jobs run in this process on a bounded pool, or on ``python -m modules.worker``
+processes when the settings have a ``queue_url`` (RQ on Redis); their state
+and results are in the job store (``<data_dir>/jobs.db`` or the gallery's
+PostgreSQL database), their files under ``storage_dir``, so any API server
+answers for any job (see :mod:`modules.video.jobs`, :mod:`modules.video.queue`).
+Limits come from ``FACEREC_VIDEO_*`` environment variables or
 ``create_blueprint(limits=...)``.  An ``<img>`` tag cannot send the
 ``X-API-Key`` header, so with keys on the stream endpoint is public but needs
 the job's ``stream_token`` (``?token=``), which only callers allowed to read
@@ -215,16 +219,31 @@ def create_blueprint(
         app = state.app
         if EXTENSION in app.extensions:
             return
+        if manager is not None:
+            app.extensions[EXTENSION] = manager
+            return
+        from ..video.chunks import ChunkPolicy
+        from ..video.store import open_job_store
+
         svc = app.extensions["facerec"]
         settings = svc.settings
-        app.extensions[EXTENSION] = manager or JobManager(
-            settings.jobs_dir,
-            svc.recognizer,
-            limits=limits or JobLimits.from_env(),
-            video_config=video_config,
-            config_name=settings.config,
-            gallery_location=settings.gallery_location,
-        )
+        store = open_job_store(settings.jobs_database)
+        try:
+            app.extensions[EXTENSION] = JobManager(
+                settings.jobs_dir,
+                svc.recognizer,
+                limits=limits or JobLimits.from_env(),
+                video_config=video_config,
+                config_name=settings.config,
+                gallery_location=settings.gallery_location,
+                store=store,
+                own_store=True,
+                queue_url=settings.queue_url,
+                chunking=ChunkPolicy.from_env(chunk_seconds=settings.video_chunk_seconds),
+            )
+        except BaseException:
+            store.close()
+            raise
 
     bp.record_once(_init)
 

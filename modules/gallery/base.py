@@ -8,8 +8,11 @@ embedder: mixing is refused at enrollment, and a search with another embedder
 raises :class:`~modules.errors.EmbedderMismatchError` naming the fix.
 
 :class:`GalleryStore` is the interface the service and the scripts use;
-:class:`~modules.gallery.sqlite.SQLiteGallery` is the embedded default.  A
-PostgreSQL/pgvector backend implements the same abstract methods.
+:class:`~modules.gallery.sqlite.SQLiteGallery` is the embedded default (exact
+search while a gallery is small, an HNSW index from hnswlib once it is large);
+:class:`~modules.gallery.postgres.PostgresGallery` keeps the gallery in
+PostgreSQL with pgvector (HNSW, cosine distance) for several servers against one
+database.  Both implement the same abstract methods with the same errors.
 """
 from __future__ import annotations
 
@@ -20,12 +23,22 @@ import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import EmbedderMismatchError, InvalidRequestError
+from ..errors import (
+    BadImageError,
+    ConflictError,
+    EmbedderMismatchError,
+    FaceNotFoundError,
+    FaceRecError,
+    GalleryNotFoundError,
+    InvalidRequestError,
+    PersonNotFoundError,
+)
 from ..face import Candidate, Face
 
 MAX_NAME_LEN = 128
@@ -408,6 +421,166 @@ def rank_people(
                 )
             out.append(row)
     return out
+
+
+# --- helpers shared by the backends ------------------------------------------------
+MAX_LIST_LIMIT = 10_000
+DEFAULT_ANN_THRESHOLD = 20_000  # faces in one gallery; below it search is exact
+
+
+def utc_now_iso(dt: datetime | None = None) -> str:
+    """``2024-05-01T12:00:00.123Z`` (UTC, milliseconds): the timestamp format of every record."""
+    dt = datetime.now(timezone.utc) if dt is None else dt.astimezone(timezone.utc)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_face_id(face_id: Any) -> int:
+    """A face id given as an int or a string of digits; :class:`InvalidRequestError` otherwise."""
+    if isinstance(face_id, bool) or not isinstance(face_id, (int, np.integer)):
+        try:
+            text = str(face_id)
+            if not text.isdigit():
+                raise ValueError
+            return int(text)
+        except (ValueError, TypeError):
+            raise InvalidRequestError(f"face id must be an integer, got {face_id!r}") from None
+    return int(face_id)
+
+
+def validate_page(offset: Any, limit: Any) -> tuple[int, int | None]:
+    """``list_people`` paging: offset >= 0, limit in [1, MAX_LIST_LIMIT] or None (all)."""
+    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+        raise InvalidRequestError(f"offset must be a non-negative integer, got {offset!r}")
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 1 <= limit <= MAX_LIST_LIMIT
+    ):
+        raise InvalidRequestError(f"limit must be an integer in [1, {MAX_LIST_LIMIT}], got {limit!r}")
+    return int(offset), None if limit is None else int(limit)
+
+
+def validate_enrollment(
+    faces_by_person: Any,
+) -> tuple[dict[str, list[ValidFace]], str, int]:
+    """``{person: [NewFace]}`` validated: names normalised, one embedder and dim for all; and that pair."""
+    if not isinstance(faces_by_person, Mapping):
+        raise InvalidRequestError("faces must be given as {person name: [NewFace, ...]}")
+    items: dict[str, list[ValidFace]] = {}
+    for person, faces in faces_by_person.items():
+        pname = validate_name(person, "person name")
+        items.setdefault(pname, []).extend(validate_batch(faces, f"faces of {pname!r}"))
+    if not items:
+        raise InvalidRequestError("no faces to add")
+    first = next(iter(items.values()))[0]
+    embedder, dim = first.embedder, first.dim
+    for pname, faces in items.items():
+        if faces[0].embedder != embedder or faces[0].dim != dim:
+            raise InvalidRequestError(
+                f"faces of {pname!r} are {faces[0].dim}-d from {faces[0].embedder!r} but others are"
+                f" {dim}-d from {embedder!r}; one enrollment must use one embedder"
+            )
+    return items, embedder, dim
+
+
+def validate_reembed_args(gallery: Any, embedder: Any, batch_size: Any) -> tuple[str | None, str, int]:
+    """``reembed`` arguments: the gallery name (or None: all), the model id and its dim."""
+    gallery = None if gallery is None else validate_name(gallery, "gallery name")
+    model_id = validate_embedder_id(getattr(embedder, "model_id", None))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidRequestError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return gallery, model_id, int(embedder.dim)
+
+
+def embed_crops(rows: Sequence[tuple[int, bytes]], embedder: Any) -> dict[int, np.ndarray]:
+    """``{face id: unit embedding}`` of stored PNG crops ``(face id, png)`` with ``embedder``."""
+    import cv2
+
+    crops = []
+    for fid, png in rows:
+        img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            raise BadImageError(f"the stored crop of face {fid} cannot be decoded", details={"face_id": fid})
+        crops.append(img)
+    feats = np.asarray(embedder.embed(np.stack(crops)), dtype=np.float32)
+    if feats.shape != (len(rows), int(embedder.dim)) or not np.all(np.isfinite(feats)):
+        raise FaceRecError(
+            f"embedder {embedder.model_id!r} returned {feats.shape} (or non-finite values) for"
+            f" {len(rows)} crops; expected ({len(rows)}, {embedder.dim})"
+        )
+    feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    return {int(fid): feats[i] for i, (fid, _) in enumerate(rows)}
+
+
+def uncroppable_error(counts: Mapping[str, int], model_id: str) -> ConflictError:
+    """Faces without a crop from another model block a re-embed (unless they are dropped)."""
+    total = sum(counts.values())
+    where = ", ".join(f"{g!r}: {n}" for g, n in sorted(counts.items()))
+    return ConflictError(
+        f"{total} face(s) have no stored crop (imported from a legacy pickle) and embeddings from another"
+        f" model, so they cannot be re-embedded with {model_id!r} ({where}). Re-enroll those people from"
+        f" images, or re-embed with drop_uncroppable=True (--drop-uncroppable) to delete those faces.",
+        details={"uncroppable": dict(counts)},
+    )
+
+
+def gallery_not_found(name: str) -> GalleryNotFoundError:
+    return GalleryNotFoundError(f"gallery {name!r} not found", details={"gallery": name})
+
+
+def person_not_found(gallery: str, name: str) -> PersonNotFoundError:
+    return PersonNotFoundError(
+        f"person {name!r} not found in gallery {gallery!r}", details={"gallery": gallery, "person": name}
+    )
+
+
+def person_exists(gallery: str, name: str) -> ConflictError:
+    return ConflictError(
+        f"person {name!r} already exists in gallery {gallery!r}", details={"gallery": gallery, "person": name}
+    )
+
+
+def face_not_found(face_id: int, gallery: str | None) -> FaceNotFoundError:
+    where = f" in gallery {gallery!r}" if gallery is not None else ""
+    return FaceNotFoundError(f"face {face_id} not found{where}", details={"face_id": face_id})
+
+
+def no_crop_error(face_id: int) -> FaceNotFoundError:
+    return FaceNotFoundError(
+        f"face {face_id} has no stored crop (imported from a legacy pickle)", details={"face_id": face_id}
+    )
+
+
+def export_row(gallery: str, r: Sequence[Any]) -> dict[str, Any]:
+    """One ``export_people`` row from ``(person id, person, face id, source, sha256, created_at,
+    embedder, dim, has crop, det_score)``."""
+    return {
+        "gallery": gallery,
+        "person": r[1],
+        "person_id": int(r[0]),
+        "face_id": None if r[2] is None else int(r[2]),
+        "source": r[3],
+        "source_sha256": r[4],
+        "created_at": r[5],
+        "embedder": r[6],
+        "dim": None if r[7] is None else int(r[7]),
+        "has_crop": None if r[2] is None else bool(r[8]),
+        "det_score": r[9],
+    }
+
+
+def pick_people(
+    face_ids: np.ndarray, sims: np.ndarray, person_of: np.ndarray, top_k: int
+) -> list[tuple[int, int, float]]:
+    """From faces sorted by similarity (best first), the best ``top_k`` people as
+    ``(person id, face id, similarity)``: each person's first (best) face; ties by person id."""
+    seen: dict[int, tuple[int, float]] = {}
+    for fid, s, pid in zip(face_ids.tolist(), sims.tolist(), person_of.tolist()):
+        if pid < 0:
+            continue
+        best = seen.get(pid)
+        if best is None or s > best[1] or (s == best[1] and fid < best[0]):
+            seen[pid] = (fid, s)
+    ranked = sorted(seen.items(), key=lambda kv: (-kv[1][1], kv[0]))[:top_k]
+    return [(pid, fid, s) for pid, (fid, s) in ranked]
 
 
 # --- the interface ---------------------------------------------------------------

@@ -29,50 +29,62 @@ Ids are AUTOINCREMENT: a deleted face's id is never reused.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import (
-    BadImageError,
     ConfigError,
     ConflictError,
-    FaceNotFoundError,
     FaceRecError,
-    GalleryNotFoundError,
     InvalidRequestError,
-    PersonNotFoundError,
     ServiceUnavailableError,
 )
 from ..face import Candidate
+from .ann import AnnIndex, HnswParams, NeedsRebuild, RWLock, hnswlib_available
 from .base import (
+    DEFAULT_ANN_THRESHOLD,
     FaceInfo,
     GalleryInfo,
     GalleryStore,
     NewFace,
     PersonInfo,
-    ValidFace,
     as_queries,
+    embed_crops,
+    export_row,
+    face_not_found,
+    gallery_not_found,
     mismatch_error,
+    no_crop_error,
+    parse_face_id,
+    person_exists,
+    person_not_found,
+    pick_people,
     rank_people,
-    validate_batch,
+    uncroppable_error,
+    utc_now_iso,
     validate_embedder_id,
+    validate_enrollment,
     validate_metadata,
     validate_name,
+    validate_page,
+    validate_reembed_args,
     validate_top_k,
 )
 
-SCHEMA_VERSION = 1
-MAX_LIST_LIMIT = 10_000
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
 
 # Forward-only migrations: (version reached, statements).  Never edit a shipped
 # entry; append a new one (ALTER TABLE ..., data fixes) and it runs once per file.
@@ -112,12 +124,28 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX faces_source_sha256 ON faces(source_sha256) WHERE source_sha256 IS NOT NULL",
         ],
     ),
+    (
+        # the change log that keeps an ANN index in step: the generation that wrote each face's
+        # embedding, and the ids of deleted faces (cascades included) with the generation that deleted them
+        2,
+        [
+            "ALTER TABLE faces ADD COLUMN gen INTEGER NOT NULL DEFAULT 0",
+            "CREATE INDEX faces_gen ON faces(gen)",
+            "CREATE TABLE face_deletions (gen INTEGER NOT NULL, face_id INTEGER NOT NULL)",
+            "CREATE INDEX face_deletions_gen ON face_deletions(gen)",
+            """CREATE TRIGGER faces_log_delete AFTER DELETE ON faces BEGIN
+                INSERT INTO face_deletions (gen, face_id)
+                VALUES ((SELECT value FROM meta WHERE key = 'generation'), OLD.id);
+            END""",
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('deletions_horizon', 0)",
+        ],
+    ),
 ]
+DELETIONS_KEEP = 200_000  # tombstones kept; an index older than the pruned ones is rebuilt
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+_now = utc_now_iso
 
 
 def _blob(vec: np.ndarray) -> bytes:
@@ -147,6 +175,14 @@ class _Matrix:
     def n_faces(self) -> int:
         return int(sum(self.groups.values()))
 
+    @property
+    def num_people(self) -> int:
+        return len(self.starts)
+
+
+def _ann_groups(ann: AnnIndex) -> dict[tuple[str, int], int]:
+    return {(ann.embedder, ann.dim): ann.n_live} if ann.n_live else {}
+
 
 class _Tx:
     def __init__(self, conn: sqlite3.Connection, generation: int):
@@ -161,22 +197,29 @@ class _Tx:
         self.touched.add(int(gallery_id))
 
 
-def _face_id(face_id: Any) -> int:
-    if isinstance(face_id, bool) or not isinstance(face_id, (int, np.integer)):
-        try:
-            text = str(face_id)
-            if not text.isdigit():
-                raise ValueError
-            return int(text)
-        except (ValueError, TypeError):
-            raise InvalidRequestError(f"face id must be an integer, got {face_id!r}") from None
-    return int(face_id)
+_face_id = parse_face_id
 
 
 class SQLiteGallery(GalleryStore):
-    """The gallery in the SQLite file ``path`` (created, with its folder, if missing)."""
+    """The gallery in the SQLite file ``path`` (created, with its folder, if missing).
 
-    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0, create: bool = True):
+    Search is exact below ``ann_threshold`` faces in a gallery and goes through an HNSW index
+    (hnswlib; ``ann_params``) from there on; ``ann_threshold=None`` keeps it exact always.
+    With ``ann_persist`` the index is saved in ``<path>.ann/`` with a generation stamp, so a
+    restart loads it and applies only what changed since, instead of rebuilding it.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        busy_timeout_s: float = 30.0,
+        create: bool = True,
+        ann_threshold: int | None = DEFAULT_ANN_THRESHOLD,
+        ann_params: HnswParams | None = None,
+        ann_persist: bool = True,
+        ann_dir: str | Path | None = None,
+    ):
         self.path = Path(path).expanduser()
         if str(path) == ":memory:" or str(path).startswith("file:"):
             raise ConfigError("the SQLite gallery needs a file path (one database shared by threads and processes)")
@@ -194,9 +237,25 @@ class SQLiteGallery(GalleryStore):
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._abandoned: list[sqlite3.Connection] = []  # inherited through fork: never used nor closed
         self._pid = os.getpid()
-        self._cache: dict[int, _Matrix] = {}
+        self._cache: dict[int, _Matrix | AnnIndex] = {}
+        self._cache_ids: dict[str, int] = {}  # gallery name -> the id its cache entry is for
         self._cache_lock = threading.Lock()
-        self.cache_loads = 0  # how many times a search matrix was (re)loaded; for tests and stats
+        self._gallery_locks: dict[int, threading.Lock] = {}
+        self.cache_loads = 0  # how many times a gallery was read whole for search; for tests and stats
+        self.ann_builds = self.ann_loads = self.ann_catchups = 0  # index built / loaded from disk / updated
+        self.ann_refined = 0  # queries searched again with the wider beam (near-ties)
+        if ann_threshold is not None and (
+            isinstance(ann_threshold, bool) or not isinstance(ann_threshold, int) or ann_threshold < 1
+        ):
+            raise ConfigError(f"ann_threshold must be a positive number of faces or None, got {ann_threshold!r}")
+        self.ann_threshold = ann_threshold if ann_threshold is not None else 1 << 62
+        self.ann_params = ann_params or HnswParams()
+        self.ann_persist = bool(ann_persist)
+        self.ann_dir = Path(ann_dir) if ann_dir is not None else self.path.with_name(self.path.name + ".ann")
+        self.ann_save_every = 10_000  # changes applied before a caught-up index is saved again
+        self._ann_on = ann_threshold is not None and hnswlib_available()
+        if ann_threshold is not None and not self._ann_on:
+            log.warning("hnswlib is not installed: gallery search stays exact (pip install hnswlib)")
         self._migrate()
 
     def __repr__(self) -> str:
@@ -243,6 +302,10 @@ class SQLiteGallery(GalleryStore):
             self._abandoned.append(old)
         self._local = threading.local()
         self._cache_lock = threading.Lock()
+        self._gallery_locks = {}
+        for entry in self._cache.values():  # shared copy-on-write with the parent; its locks may be held
+            if isinstance(entry, AnnIndex):
+                entry.lock = RWLock()
         self._pid = os.getpid()
 
     def close(self) -> None:
@@ -298,6 +361,8 @@ class SQLiteGallery(GalleryStore):
             yield tx
             for gid in tx.touched:
                 conn.execute("UPDATE galleries SET generation = ? WHERE id = ?", (gen, gid))
+            if gen % 1024 == 0:
+                self._prune_deletions(conn)
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
@@ -308,6 +373,18 @@ class SQLiteGallery(GalleryStore):
             if isinstance(exc, sqlite3.Error):
                 raise self._db_error(exc) from exc
             raise
+
+    @staticmethod
+    def _prune_deletions(conn: sqlite3.Connection, keep: int = DELETIONS_KEEP) -> None:
+        """Keep the newest ``keep`` deletion records; an index older than the horizon is rebuilt."""
+        n = conn.execute("SELECT COUNT(*) FROM face_deletions").fetchone()[0]
+        if n <= keep:
+            return
+        cutoff = conn.execute(
+            "SELECT gen FROM face_deletions ORDER BY gen DESC LIMIT 1 OFFSET ?", (keep,)
+        ).fetchone()[0]
+        conn.execute("DELETE FROM face_deletions WHERE gen <= ?", (cutoff,))
+        conn.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'deletions_horizon'", (cutoff,))
 
     def _migrate(self) -> None:
         conn = self._conn()
@@ -366,7 +443,7 @@ class SQLiteGallery(GalleryStore):
     def _gallery_row(conn: sqlite3.Connection, name: str) -> tuple[int, str, int]:
         row = conn.execute("SELECT id, created_at, generation FROM galleries WHERE name = ?", (name,)).fetchone()
         if row is None:
-            raise GalleryNotFoundError(f"gallery {name!r} not found", details={"gallery": name})
+            raise gallery_not_found(name)
         return int(row[0]), row[1], int(row[2])
 
     def _gallery_id(self, tx: _Tx, name: str, *, create: bool) -> int:
@@ -374,7 +451,7 @@ class SQLiteGallery(GalleryStore):
         if row is not None:
             return int(row[0])
         if not create:
-            raise GalleryNotFoundError(f"gallery {name!r} not found", details={"gallery": name})
+            raise gallery_not_found(name)
         cur = tx.execute(
             "INSERT INTO galleries (name, created_at, generation) VALUES (?, ?, ?)", (name, _now(), tx.generation)
         )
@@ -386,9 +463,7 @@ class SQLiteGallery(GalleryStore):
             "SELECT id, name, created_at, metadata FROM people WHERE gallery_id = ? AND name = ?", (gallery_id, name)
         ).fetchone()
         if row is None:
-            raise PersonNotFoundError(
-                f"person {name!r} not found in gallery {gallery!r}", details={"gallery": gallery, "person": name}
-            )
+            raise person_not_found(gallery, name)
         return row
 
     @staticmethod
@@ -460,7 +535,7 @@ class SQLiteGallery(GalleryStore):
         with self._read() as conn:
             infos = self._gallery_infos(conn, "WHERE g.name = ?", (name,))
         if not infos:
-            raise GalleryNotFoundError(f"gallery {name!r} not found", details={"gallery": name})
+            raise gallery_not_found(name)
         return infos[0]
 
     def list_galleries(self) -> list[GalleryInfo]:
@@ -476,6 +551,11 @@ class SQLiteGallery(GalleryStore):
             tx.execute("DELETE FROM galleries WHERE id = ?", (gid,))
         with self._cache_lock:
             self._cache.pop(gid, None)
+        for suffix in (".json", ".hnsw", ".npz"):  # its saved index (gallery ids are never reused)
+            try:
+                (self.ann_dir / f"g{gid}{suffix}").unlink(missing_ok=True)
+            except OSError:  # pragma: no cover
+                pass
         return {"people": int(n_people), "faces": int(n_faces)}
 
     # --- people -------------------------------------------------------------------
@@ -493,10 +573,7 @@ class SQLiteGallery(GalleryStore):
                     (gid, name, _now(), meta_json),
                 )
             except sqlite3.IntegrityError:
-                raise ConflictError(
-                    f"person {name!r} already exists in gallery {gallery!r}",
-                    details={"gallery": gallery, "person": name},
-                ) from None
+                raise person_exists(gallery, name) from None
             tx.touch(gid)
         return self.get_person(gallery, name)
 
@@ -511,12 +588,7 @@ class SQLiteGallery(GalleryStore):
 
     def list_people(self, gallery: str, offset: int = 0, limit: int | None = 100) -> tuple[list[PersonInfo], int]:
         gallery = validate_name(gallery, "gallery name")
-        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
-            raise InvalidRequestError(f"offset must be a non-negative integer, got {offset!r}")
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 1 <= limit <= MAX_LIST_LIMIT
-        ):
-            raise InvalidRequestError(f"limit must be an integer in [1, {MAX_LIST_LIMIT}], got {limit!r}")
+        offset, limit = validate_page(offset, limit)
         with self._read() as conn:
             gid, _, _ = self._gallery_row(conn, gallery)
             total = conn.execute("SELECT COUNT(*) FROM people WHERE gallery_id = ?", (gid,)).fetchone()[0]
@@ -539,10 +611,7 @@ class SQLiteGallery(GalleryStore):
                 try:
                     tx.execute("UPDATE people SET name = ? WHERE id = ?", (new_name, row[0]))
                 except sqlite3.IntegrityError:
-                    raise ConflictError(
-                        f"person {new_name!r} already exists in gallery {gallery!r}",
-                        details={"gallery": gallery, "person": new_name},
-                    ) from None
+                    raise person_exists(gallery, new_name) from None
                 tx.touch(gid)
         return self.get_person(gallery, new_name)
 
@@ -572,22 +641,7 @@ class SQLiteGallery(GalleryStore):
         self, gallery: str, faces_by_person: Mapping[str, Sequence[NewFace]], *, create_missing: bool = True
     ) -> dict[str, list[int]]:
         gallery = validate_name(gallery, "gallery name")
-        if not isinstance(faces_by_person, Mapping):
-            raise InvalidRequestError("faces must be given as {person name: [NewFace, ...]}")
-        items: dict[str, list[ValidFace]] = {}
-        for person, faces in faces_by_person.items():
-            pname = validate_name(person, "person name")
-            items.setdefault(pname, []).extend(validate_batch(faces, f"faces of {pname!r}"))
-        if not items:
-            raise InvalidRequestError("no faces to add")
-        first = next(iter(items.values()))[0]
-        embedder, dim = first.embedder, first.dim
-        for pname, faces in items.items():
-            if faces[0].embedder != embedder or faces[0].dim != dim:
-                raise InvalidRequestError(
-                    f"faces of {pname!r} are {faces[0].dim}-d from {faces[0].embedder!r} but others are"
-                    f" {dim}-d from {embedder!r}; one enrollment must use one embedder"
-                )
+        items, embedder, dim = validate_enrollment(faces_by_person)
         out: dict[str, list[int]] = {}
         with self._write() as tx:
             gid = self._gallery_id(tx, gallery, create=create_missing)
@@ -611,15 +665,12 @@ class SQLiteGallery(GalleryStore):
                     )
                     pid = int(cur.lastrowid)
                 else:
-                    raise PersonNotFoundError(
-                        f"person {pname!r} not found in gallery {gallery!r}",
-                        details={"gallery": gallery, "person": pname},
-                    )
+                    raise person_not_found(gallery, pname)
                 ids = []
                 for f in faces:
                     cur = tx.execute(
                         "INSERT INTO faces (person_id, embedder, dim, embedding, crop_png, source, source_sha256,"
-                        " box, landmarks, det_score, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " box, landmarks, det_score, created_at, gen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             pid,
                             f.embedder,
@@ -632,6 +683,7 @@ class SQLiteGallery(GalleryStore):
                             f.landmarks_json,
                             f.det_score,
                             now,
+                            tx.generation,
                         ),
                     )
                     ids.append(int(cur.lastrowid))
@@ -685,8 +737,7 @@ class SQLiteGallery(GalleryStore):
             (fid, gallery, gallery),
         ).fetchone()
         if row is None:
-            where = f" in gallery {gallery!r}" if gallery is not None else ""
-            raise FaceNotFoundError(f"face {fid} not found{where}", details={"face_id": fid})
+            raise face_not_found(fid, gallery)
         return row
 
     def get_face(self, face_id: int, *, gallery: str | None = None, with_embedding: bool = False) -> FaceInfo:
@@ -698,9 +749,7 @@ class SQLiteGallery(GalleryStore):
         with self._read() as conn:
             row = self._face_row(conn, face_id, gallery, "f.id, f.crop_png")
         if row[1] is None:
-            raise FaceNotFoundError(
-                f"face {row[0]} has no stored crop (imported from a legacy pickle)", details={"face_id": row[0]}
-            )
+            raise no_crop_error(int(row[0]))
         return bytes(row[1])
 
     def delete_face(self, face_id: int, *, gallery: str | None = None) -> None:
@@ -723,37 +772,190 @@ class SQLiteGallery(GalleryStore):
         return [int(r[0]) for r in rows]
 
     # --- search -------------------------------------------------------------------
-    def _matrix(self, gallery: str) -> _Matrix:
-        """The gallery's search matrix, reloaded only if its generation moved."""
+    def _gallery_lock(self, gid: int) -> threading.Lock:
+        with self._cache_lock:
+            lock = self._gallery_locks.get(gid)
+            if lock is None:
+                lock = self._gallery_locks[gid] = threading.Lock()
+            return lock
+
+    def _entry(self, gallery: str) -> _Matrix | AnnIndex:
+        """The gallery's search structure, brought up to date only if its generation moved.
+
+        Small galleries get an exact matrix (reloaded whole); from ``ann_threshold`` faces on, an
+        HNSW index kept in step from the change log (faces written and deleted since its generation).
+        """
         conn = self._conn()
         try:
             row = conn.execute("SELECT id, generation FROM galleries WHERE name = ?", (gallery,)).fetchone()
         except sqlite3.Error as exc:
             raise self._db_error(exc) from exc
         if row is None:
-            raise GalleryNotFoundError(f"gallery {gallery!r} not found", details={"gallery": gallery})
+            old = self._cache_ids.pop(gallery, None)
+            if old is not None:  # deleted by another process: let its index go
+                with self._cache_lock:
+                    self._cache.pop(old, None)
+            raise gallery_not_found(gallery)
         gid, gen = int(row[0]), int(row[1])
         cached = self._cache.get(gid)
         if cached is not None and cached.generation == gen:
             return cached
-        with self._cache_lock:
+        old = self._cache_ids.get(gallery)
+        if old is not None and old != gid:  # deleted (by any process) and created again: forget the old one
+            with self._cache_lock:
+                self._cache.pop(old, None)
+                self._gallery_locks.pop(old, None)
+        self._cache_ids[gallery] = gid
+        with self._gallery_lock(gid):
             cached = self._cache.get(gid)
             if cached is not None and cached.generation == gen:
                 return cached
-            with self._read() as conn:
-                gid, _, gen = self._gallery_row(conn, gallery)
-                names = dict(conn.execute("SELECT id, name FROM people WHERE gallery_id = ?", (gid,)).fetchall())
-                # walks the faces_person index in order: no sort of the BLOBs
-                rows = conn.execute(
-                    "SELECT f.id, f.person_id, f.embedder, f.dim, f.embedding FROM faces f"
-                    " WHERE f.person_id IN (SELECT id FROM people WHERE gallery_id = ?)"
-                    " ORDER BY f.person_id, f.id",
-                    (gid,),
-                ).fetchall()
-            entry = self._build_matrix(gid, gen, rows, names)
+            entry = self._refresh(gallery, gid, cached)
             self._cache[gid] = entry
-            self.cache_loads += 1
             return entry
+
+    def _refresh(self, gallery: str, gid: int, cached: _Matrix | AnnIndex | None) -> _Matrix | AnnIndex:
+        if isinstance(cached, AnnIndex):
+            try:
+                self._catch_up(cached, gallery)
+                if cached.n_live >= self.ann_threshold // 2:  # hysteresis: back to exact well below
+                    self._maybe_save_async(gid, cached)
+                    return cached
+            except NeedsRebuild as exc:
+                log.info("rebuilding the search index of gallery %r: %s", gallery, exc)
+        elif cached is None and self._ann_on and self.ann_persist:
+            loaded = self._load_saved(gallery, gid)
+            if loaded is not None:
+                return loaded
+        with self._read() as conn:
+            gid, _, gen = self._gallery_row(conn, gallery)
+            m = self._load_matrix(conn, gid, gen)
+        self.cache_loads += 1
+        if self._ann_on and m.matrix is not None and m.n_faces >= self.ann_threshold:
+            return self._build_ann(gallery, gid, m)
+        return m
+
+    def _load_matrix(self, conn: sqlite3.Connection, gid: int, gen: int) -> _Matrix:
+        names = dict(conn.execute("SELECT id, name FROM people WHERE gallery_id = ?", (gid,)).fetchall())
+        # walks the faces_person index in order: no sort of the BLOBs
+        rows = conn.execute(
+            "SELECT f.id, f.person_id, f.embedder, f.dim, f.embedding FROM faces f"
+            " WHERE f.person_id IN (SELECT id FROM people WHERE gallery_id = ?)"
+            " ORDER BY f.person_id, f.id",
+            (gid,),
+        ).fetchall()
+        return self._build_matrix(gid, gen, rows, names)
+
+    def _db_stamp(self) -> str:
+        with self._read() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'created_at'").fetchone()
+        return str(row[0]) if row else ""
+
+    def _build_ann(self, gallery: str, gid: int, m: _Matrix) -> AnnIndex:
+        """An HNSW index from the loaded matrix (one process builds and saves; others wait and load)."""
+        assert m.matrix is not None
+        ((embedder, _dim),) = m.groups
+        person_of = np.repeat(m.person_ids, np.diff(np.append(m.starts, m.matrix.shape[0])))
+        if not self.ann_persist:
+            return AnnIndex.build(embedder, m.matrix, m.face_ids, person_of, self.ann_params, m.generation)
+        from filelock import FileLock
+
+        self.ann_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.ann_dir / f"g{gid}.lock")):
+            loaded = self._load_saved(gallery, gid, locked=True)  # another process may have just built it
+            if loaded is not None:
+                return loaded
+            t0 = time.perf_counter()
+            ann = AnnIndex.build(embedder, m.matrix, m.face_ids, person_of, self.ann_params, m.generation)
+            log.info("built the HNSW index of gallery %r (%d faces) in %.1fs", gallery, m.n_faces,
+                     time.perf_counter() - t0)
+            self.ann_builds += 1
+            try:
+                ann.save(self.ann_dir, f"g{gid}", {"db": self._db_stamp(), "gallery_id": gid})
+            except OSError as exc:
+                log.warning("cannot save the search index of gallery %r in %s: %s", gallery, self.ann_dir, exc)
+        return ann
+
+    def _load_saved(self, gallery: str, gid: int, locked: bool = False) -> AnnIndex | None:
+        """The saved index of the gallery, caught up with the database; None if unusable."""
+        stem = f"g{gid}"
+        meta = AnnIndex.read_stamp(self.ann_dir, stem)
+        if meta is None or meta.get("db") != self._db_stamp() or meta.get("gallery_id") != gid:
+            return None
+        try:
+            if locked:
+                ann = AnnIndex.load(self.ann_dir, stem, meta, self.ann_params)
+            else:
+                from filelock import FileLock
+
+                with FileLock(str(self.ann_dir / f"{stem}.lock")):
+                    ann = AnnIndex.load(self.ann_dir, stem, meta, self.ann_params)
+        except Exception as exc:  # noqa: BLE001 - a damaged file is rebuilt, never fatal
+            log.warning("ignoring the saved search index of gallery %r: %s", gallery, exc)
+            return None
+        try:
+            self._catch_up(ann, gallery)
+        except NeedsRebuild as exc:
+            log.info("saved search index of gallery %r is unusable: %s", gallery, exc)
+            return None
+        if ann.n_live < self.ann_threshold // 2:
+            return None
+        self.ann_loads += 1
+        self._maybe_save_async(gid, ann)
+        return ann
+
+    def _catch_up(self, ann: AnnIndex, gallery: str) -> None:
+        """Apply to ``ann`` what was written since its generation (a few indexed queries)."""
+        with self._read() as conn:
+            gid, _, gen = self._gallery_row(conn, gallery)
+            if gen < ann.generation:
+                raise NeedsRebuild("the database is older than the index")
+            if gen == ann.generation:
+                return
+            horizon = int(conn.execute("SELECT value FROM meta WHERE key = 'deletions_horizon'").fetchone()[0])
+            if ann.generation < horizon:
+                raise NeedsRebuild("the deletion log was pruned past the index's generation")
+            deleted = np.fromiter(
+                (r[0] for r in conn.execute("SELECT face_id FROM face_deletions WHERE gen > ?", (ann.generation,))),
+                dtype=np.int64,
+            )
+            # CROSS JOIN keeps faces outermost, so the faces_gen index finds the few new rows
+            # (no ORDER BY: SQLite would rather walk every face in id order than sort a few)
+            rows = conn.execute(
+                "SELECT f.id, f.person_id, f.embedder, f.dim, f.embedding FROM faces f CROSS JOIN people p"
+                " ON p.id = f.person_id WHERE f.gen > ? AND p.gallery_id = ?",
+                (ann.generation, gid),
+            ).fetchall()
+        rows.sort(key=lambda r: r[0])
+        if any(r[2] != ann.embedder or int(r[3]) != ann.dim for r in rows):
+            raise NeedsRebuild("faces of another embedder")
+        n = len(rows)
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
+        persons = np.fromiter((r[1] for r in rows), dtype=np.int64, count=n)
+        vectors = (
+            np.frombuffer(b"".join(r[4] for r in rows), dtype="<f4").astype(np.float32).reshape(n, ann.dim)
+            if n
+            else np.zeros((0, ann.dim), np.float32)
+        )
+        ann.apply(deleted, ids, persons, vectors, gen)
+        self.ann_catchups += 1
+
+    def _maybe_save_async(self, gid: int, ann: AnnIndex) -> None:
+        if not self.ann_persist or ann.changes_since_save < max(self.ann_save_every, ann.n_live // 10):
+            return
+        stamp = {"db": self._db_stamp(), "gallery_id": gid}
+
+        def save() -> None:
+            from filelock import FileLock
+
+            try:
+                with FileLock(str(self.ann_dir / f"g{gid}.lock")):
+                    ann.save(self.ann_dir, f"g{gid}", stamp)
+            except OSError as exc:  # pragma: no cover
+                log.warning("cannot save the search index of gallery %d: %s", gid, exc)
+
+        ann.changes_since_save = 0  # one save in flight at a time
+        threading.Thread(target=save, name=f"ann-save-g{gid}", daemon=True).start()
 
     @staticmethod
     def _build_matrix(gid: int, gen: int, rows: list[tuple], names: Mapping[int, str]) -> _Matrix:
@@ -784,14 +986,15 @@ class SQLiteGallery(GalleryStore):
             face_ids=face_ids,
         )
 
-    def _checked_matrix(self, gallery: str, embedder_id: str, dim: int | None) -> _Matrix:
-        m = self._matrix(gallery)
-        if m.n_faces and (
-            len(m.groups) != 1
-            or next(iter(m.groups))[0] != embedder_id
-            or (dim is not None and next(iter(m.groups))[1] != dim)
+    def _checked_entry(self, gallery: str, embedder_id: str, dim: int | None) -> _Matrix | AnnIndex:
+        m = self._entry(gallery)
+        groups = _ann_groups(m) if isinstance(m, AnnIndex) else m.groups
+        if groups and (
+            len(groups) != 1
+            or next(iter(groups))[0] != embedder_id
+            or (dim is not None and next(iter(groups))[1] != dim)
         ):
-            raise mismatch_error(gallery, m.groups, embedder_id, dim)
+            raise mismatch_error(gallery, groups, embedder_id, dim)
         return m
 
     def search(self, gallery: str, queries: Any, embedder_id: str, top_k: int = 5) -> list[list[Candidate]]:
@@ -799,32 +1002,109 @@ class SQLiteGallery(GalleryStore):
         embedder_id = validate_embedder_id(embedder_id)
         top_k = validate_top_k(top_k)
         q = as_queries(queries)
-        m = self._checked_matrix(gallery, embedder_id, q.shape[1])
+        m = self._checked_entry(gallery, embedder_id, q.shape[1])
+        if isinstance(m, AnnIndex):
+            if m.n_live == 0 or q.shape[0] == 0:
+                return [[] for _ in range(q.shape[0])]
+            return self._ann_search(m, q, top_k)
         if m.n_faces == 0 or q.shape[0] == 0:
             return [[] for _ in range(q.shape[0])]
         assert m.matrix is not None
         return rank_people(q, m.matrix, m.starts, m.person_ids, m.person_names, m.face_ids, top_k)
 
+    def _ann_search(self, ann: AnnIndex, q: np.ndarray, top_k: int) -> list[list[Candidate]]:
+        """Nearest faces from the index (over-fetched), the best face per person, names from the database.
+
+        A query whose top two people are within ``refine_margin`` is searched again with the wider
+        beam ``refine_ef`` (see :class:`~modules.gallery.ann.HnswParams`).
+        """
+        params = ann.params
+        k2 = max(top_k, 2) if params.refine_margin > 0 else top_k
+        want = min(k2, ann.num_people)
+        picks: list[list[tuple[int, int, float]]] = [[] for _ in range(q.shape[0])]
+
+        def run(todo: np.ndarray, ef: int | None) -> None:
+            fetch = max(k2 * params.overfetch, 16)
+            while todo.size:
+                labels, sims, persons = ann.knn(q[todo], fetch, ef)
+                again = []
+                for row, i in enumerate(todo.tolist()):
+                    picks[i] = pick_people(labels[row], sims[row], persons[row], k2)
+                    if len(picks[i]) < want and labels.shape[1] < ann.n_live:
+                        again.append(i)  # the nearest faces were of too few people: fetch more
+                todo = np.asarray(again, dtype=np.int64)
+                fetch *= 4
+
+        run(np.arange(q.shape[0]), None)
+        refine_ef = params.refine_ef_for(ann.n_live)
+        if params.refine_margin > 0 and refine_ef > params.ef_search:
+            close = [i for i, p in enumerate(picks) if len(p) >= 2 and p[0][2] - p[1][2] < params.refine_margin]
+            if close:
+                self.ann_refined += len(close)
+                run(np.asarray(close, dtype=np.int64), refine_ef)
+        picks = [p[:top_k] for p in picks]
+        person_ids = sorted({pid for row in picks for pid, _, _ in row})
+        names: dict[int, str] = {}
+        with self._read() as conn:
+            for s in range(0, len(person_ids), 500):
+                chunk = person_ids[s : s + 500]
+                names.update(
+                    conn.execute(
+                        f"SELECT id, name FROM people WHERE id IN ({','.join('?' * len(chunk))})", chunk
+                    ).fetchall()
+                )
+        return [
+            [
+                Candidate(person=names[pid], similarity=float(np.clip(sim, -1.0, 1.0)), person_id=pid, face_id=fid)
+                for pid, fid, sim in row
+                if pid in names  # deleted since the generation check
+            ]
+            for row in picks
+        ]
+
     def num_people(self, gallery: str) -> int:
         gallery = validate_name(gallery, "gallery name")
-        with self._read() as conn:
-            gid, _, _ = self._gallery_row(conn, gallery)
-            n = conn.execute(
-                "SELECT COUNT(*) FROM people p WHERE p.gallery_id = ?"
-                " AND EXISTS (SELECT 1 FROM faces f WHERE f.person_id = p.id)",
-                (gid,),
-            ).fetchone()[0]
-        return int(n)
+        return self._entry(gallery).num_people
 
     def embeddings_by_person(self, gallery: str, embedder_id: str) -> dict[str, np.ndarray]:
         gallery = validate_name(gallery, "gallery name")
         embedder_id = validate_embedder_id(embedder_id)
-        m = self._checked_matrix(gallery, embedder_id, None)
+        m = self._checked_entry(gallery, embedder_id, None)
+        if isinstance(m, AnnIndex):  # the index keeps no per-person matrix: read it once, uncached
+            with self._read() as conn:
+                gid, _, gen = self._gallery_row(conn, gallery)
+                m = self._load_matrix(conn, gid, gen)
+            if len(m.groups) > 1 or (m.groups and next(iter(m.groups))[0] != embedder_id):
+                raise mismatch_error(gallery, m.groups, embedder_id, None)
         if m.n_faces == 0:
             return {}
         assert m.matrix is not None
         ends = np.append(m.starts[1:], m.matrix.shape[0])
         return {name: m.matrix[s:e].copy() for name, s, e in zip(m.person_names, m.starts, ends)}
+
+    def set_search_params(self, **changes: Any) -> None:
+        """Change HNSW search knobs (``ef_search``, ``overfetch``, ``refine_margin``, ``refine_ef``) for
+        this process's searches, indexes already loaded included."""
+        from dataclasses import replace
+
+        allowed = {"ef_search", "overfetch", "refine_margin", "refine_ef"}
+        if set(changes) - allowed:
+            raise TypeError(f"unknown search parameters: {sorted(set(changes) - allowed)}")
+        self.ann_params = replace(self.ann_params, **changes)
+        for entry in list(self._cache.values()):
+            if isinstance(entry, AnnIndex):
+                entry.params = replace(entry.params, **changes)
+
+    def search_index_info(self, gallery: str) -> dict[str, Any]:
+        """What answers searches of ``gallery`` in this process: ``exact`` or ``hnsw`` (loads it if needed)."""
+        gallery = validate_name(gallery, "gallery name")
+        m = self._entry(gallery)
+        if isinstance(m, AnnIndex):
+            return {"kind": "hnsw", "faces": m.n_live, "generation": m.generation, "m": m.params.m,
+                    "ef_search": m.params.ef_search, "refine_margin": m.params.refine_margin,
+                    "refine_ef": m.params.refine_ef_for(m.n_live), "memory_bytes": m.memory_bytes()}
+        return {"kind": "exact", "faces": m.n_faces, "generation": m.generation,
+                "memory_bytes": 0 if m.matrix is None else int(m.matrix.nbytes)}
 
     # --- maintenance ----------------------------------------------------------------
     def _scope(self, conn: sqlite3.Connection, gallery: str | None) -> tuple[str, tuple, list[int]]:
@@ -834,35 +1114,6 @@ class SQLiteGallery(GalleryStore):
             return "1", (), gids
         gid, _, _ = self._gallery_row(conn, gallery)
         return "p.gallery_id = ?", (gid,), [gid]
-
-    @staticmethod
-    def _embed_crops(rows: Sequence[tuple[int, bytes]], embedder: Any) -> dict[int, np.ndarray]:
-        import cv2
-
-        crops = []
-        for fid, png in rows:
-            img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
-            if img is None:
-                raise BadImageError(f"the stored crop of face {fid} cannot be decoded", details={"face_id": fid})
-            crops.append(img)
-        feats = np.asarray(embedder.embed(np.stack(crops)), dtype=np.float32)
-        if feats.shape != (len(rows), int(embedder.dim)) or not np.all(np.isfinite(feats)):
-            raise FaceRecError(
-                f"embedder {embedder.model_id!r} returned {feats.shape} (or non-finite values) for"
-                f" {len(rows)} crops; expected ({len(rows)}, {embedder.dim})"
-            )
-        feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-        return {int(fid): feats[i] for i, (fid, _) in enumerate(rows)}
-
-    def _uncroppable_error(self, counts: dict[str, int], model_id: str) -> ConflictError:
-        total = sum(counts.values())
-        where = ", ".join(f"{g!r}: {n}" for g, n in sorted(counts.items()))
-        return ConflictError(
-            f"{total} face(s) have no stored crop (imported from a legacy pickle) and embeddings from another"
-            f" model, so they cannot be re-embedded with {model_id!r} ({where}). Re-enroll those people from"
-            f" images, or re-embed with drop_uncroppable=True (--drop-uncroppable) to delete those faces.",
-            details={"uncroppable": counts},
-        )
 
     def reembed(
         self,
@@ -881,11 +1132,7 @@ class SQLiteGallery(GalleryStore):
         stamp already is ``embedder``'s are kept; other crop-less faces make it
         fail with :class:`ConflictError` unless ``drop_uncroppable`` deletes them.
         """
-        gallery = None if gallery is None else validate_name(gallery, "gallery name")
-        model_id = validate_embedder_id(getattr(embedder, "model_id", None))
-        dim = int(embedder.dim)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidRequestError(f"batch_size must be a positive integer, got {batch_size!r}")
+        gallery, model_id, dim = validate_reembed_args(gallery, embedder, batch_size)
 
         def uncroppable(conn: sqlite3.Connection, cond: str, params: tuple) -> tuple[dict[str, int], list[int]]:
             rows = conn.execute(
@@ -912,7 +1159,7 @@ class SQLiteGallery(GalleryStore):
                 )
             ]
         if counts and not drop_uncroppable:
-            raise self._uncroppable_error(counts, model_id)
+            raise uncroppable_error(counts, model_id)
 
         # 2. embed outside the write lock, reading crops in small batches
         computed: dict[int, np.ndarray] = {}
@@ -925,7 +1172,7 @@ class SQLiteGallery(GalleryStore):
                     chunk,
                 ).fetchall()
             if rows:
-                computed.update(self._embed_crops(rows, embedder))
+                computed.update(embed_crops(rows, embedder))
             if progress is not None:
                 progress(min(i + batch_size, len(ids)), len(ids))
 
@@ -934,7 +1181,7 @@ class SQLiteGallery(GalleryStore):
             cond, params, gids = self._scope(tx.conn, gallery)
             counts, drop_ids = uncroppable(tx.conn, cond, params)
             if counts and not drop_uncroppable:
-                raise self._uncroppable_error(counts, model_id)
+                raise uncroppable_error(counts, model_id)
             current = [
                 int(r[0])
                 for r in tx.execute(
@@ -949,12 +1196,12 @@ class SQLiteGallery(GalleryStore):
                 rows = tx.execute(
                     f"SELECT id, crop_png FROM faces WHERE id IN ({','.join('?' * len(chunk))})", chunk
                 ).fetchall()
-                computed.update(self._embed_crops(rows, embedder))
+                computed.update(embed_crops(rows, embedder))
             if drop_ids:
                 tx.conn.executemany("DELETE FROM faces WHERE id = ?", [(fid,) for fid in drop_ids])
             tx.conn.executemany(
-                "UPDATE faces SET embedder = ?, dim = ?, embedding = ? WHERE id = ?",
-                [(model_id, dim, _blob(computed[fid]), fid) for fid in current],
+                "UPDATE faces SET embedder = ?, dim = ?, embedding = ?, gen = ? WHERE id = ?",
+                [(model_id, dim, _blob(computed[fid]), tx.generation, fid) for fid in current],
             )
             kept = tx.execute(
                 f"SELECT COUNT(*) FROM faces f JOIN people p ON p.id = f.person_id WHERE {cond}"
@@ -992,6 +1239,8 @@ class SQLiteGallery(GalleryStore):
             "faces": int(sum(r[2] for r in rows)),
             "faces_without_crop": int(sum(r[3] or 0 for r in rows)),
             "embedders": {f"{e} ({d}-d)": int(n) for e, d, n, _ in rows},
+            "backend": "sqlite",
+            "ann_threshold": None if not self._ann_on else self.ann_threshold,
         }
 
     def export_people(self, gallery: str) -> list[dict[str, Any]]:
@@ -1004,19 +1253,4 @@ class SQLiteGallery(GalleryStore):
                 " WHERE p.gallery_id = ? ORDER BY p.name, f.id",
                 (gid,),
             ).fetchall()
-        return [
-            {
-                "gallery": gallery,
-                "person": r[1],
-                "person_id": int(r[0]),
-                "face_id": r[2],
-                "source": r[3],
-                "source_sha256": r[4],
-                "created_at": r[5],
-                "embedder": r[6],
-                "dim": r[7],
-                "has_crop": None if r[2] is None else bool(r[8]),
-                "det_score": r[9],
-            }
-            for r in rows
-        ]
+        return [export_row(gallery, r) for r in rows]

@@ -1,27 +1,28 @@
-"""Video jobs for the HTTP service: upload, queue, run, watch, cancel, survive restarts.
+"""Video jobs for the HTTP service: upload, queue, run (here or on workers), watch, cancel, survive restarts.
 
-Every job lives in ``<jobs_dir>/<job_id>/``:
+:class:`JobManager` is what the API talks to, whatever runs the jobs:
 
-* ``input.<ext>``: the uploaded video;
-* ``job.json``: its state, always replaced atomically (``status``: ``queued``,
-  ``running``, ``done``, ``failed`` or ``cancelled``; ``progress`` 0..1; counts,
-  times, error, summary);
-* ``frames.jsonl``, ``tracks.json``, ``summary.json``, ``annotated.mp4`` and the
-  crops, written by :func:`~modules.video.pipeline.process_video`;
-* ``live.jpg``: the latest annotated frame of a running job (a few per second),
-  so that any process can stream it;
-* ``cancel``: present when a cancellation was asked for (so a DELETE handled by
-  another worker process reaches the job too); ``job.lock``: held (``flock``)
-  by the process running the job.
+* state, progress, chunks, per-frame results and per-track summaries are in a
+  job store (:mod:`modules.video.store`: ``<data_dir>/jobs.db`` or the
+  PostgreSQL database of the gallery), so any API server answers for any job;
+* the uploaded video, the annotated video, crops and the live frame are files
+  under the storage folder (``<storage_dir>/<job_id>/``; default
+  ``<data_dir>/jobs``), shared between machines by e.g. NFS when workers run
+  elsewhere;
+* the tasks run on an executor (:mod:`modules.video.queue`): an
+  :class:`~modules.video.queue.InProcessExecutor` (``max_running`` threads in
+  this process, the default) or a
+  :class:`~modules.video.queue.RedisQueueExecutor` (RQ workers, ``queue_url``).
 
-:func:`run_job` runs one job directory to completion and is all a task-queue
-worker needs; :class:`JobManager` is the in-process executor: a bounded
-pool of daemon threads (``max_running`` at once, ``max_queued`` waiting, 503
-beyond; pass ``executor=`` to hand the jobs to something else),
-limits on upload size, frames, duration and pixels, cancellation checked every
-frame, and restart recovery: a job left ``queued`` or ``running`` by a dead
-process is marked ``failed`` ("server restarted") while its finished results
-are kept.  Job ids are UUID4 strings and are validated before any path is built.
+Limits on upload size, frames, duration and pixels are checked before a job is
+queued (``max_running + max_queued`` active jobs per process in-process,
+``max_active`` in all with a queue; 503 beyond).  Cancellation is a flag in the
+store that the running task reads a few times a second.  A job whose
+in-process executor died (the server was killed or restarted) is marked
+``failed`` ("server restarted") at the next start, or by any other server once
+its heartbeat is ``stale_after`` seconds old; what it had finished is kept.
+Job folders of earlier versions (``job.json`` files) are imported into the
+store at start-up.  Job ids are UUID4 strings, validated before any path is built.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
@@ -45,6 +46,7 @@ import cv2
 
 from ..errors import (
     BadImageError,
+    ConfigError,
     ConflictError,
     FaceRecError,
     ImageTooLargeError,
@@ -53,28 +55,57 @@ from ..errors import (
     ServiceUnavailableError,
     UnsupportedMediaError,
 )
+from .chunks import ChunkPolicy
 from .config import VideoConfig
 from .io import VIDEO_SUFFIXES, probe
-
-try:  # POSIX advisory locks: who is running a job
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+from .queue import (
+    LIVE_FILE,
+    DaemonPool,
+    InProcessExecutor,
+    RedisQueueExecutor,
+    SyncExecutor,
+    TaskContext,
+    fail_job,
+)
+from .store import ACTIVE, JobNotFoundError, JobStore, SQLiteJobStore, now_iso
 
 log = logging.getLogger("facerec.video.jobs")
 
+__all__ = [
+    "ACTIVE",
+    "MJPEG_MIMETYPE",
+    "RESTARTED",
+    "STATUSES",
+    "DaemonPool",
+    "JobLimits",
+    "JobManager",
+    "JobNotFoundError",
+    "JobNotReadyError",
+    "read_state",
+    "run_job",
+    "validate_job_id",
+    "write_state",
+]
+
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
-ACTIVE = ("queued", "running")
-STATE_FILE = "job.json"
-LOCK_FILE = "job.lock"
-CANCEL_FILE = "cancel"
-LIVE_FILE = "live.jpg"
+STATE_FILE = "job.json"  # job folders of earlier versions (imported into the store)
 RESTARTED = "server restarted before the job finished"
+PRIVATE = {
+    "gallery_location",
+    "input",
+    "stream_token",
+    "video_config",
+    "max_frames",
+    "owner",
+    "heartbeat",
+    "cancel",
+    "phase",
+    "overlap_frames",
+    "queue_options",
+    "result_dir",
+    "pending_summary",
+}
 _CHUNK = 1 << 20
-
-
-class JobNotFoundError(NotFoundError):
-    code = "job_not_found"
 
 
 class JobNotReadyError(ConflictError):
@@ -82,7 +113,7 @@ class JobNotReadyError(ConflictError):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return now_iso()
 
 
 def validate_job_id(job_id: Any) -> str:
@@ -104,14 +135,15 @@ class JobLimits:
     max_frames: int = 30 * 60 * 60  # an hour at 30 fps
     max_duration_s: float = 3600.0
     max_pixels: int = 3840 * 2160
-    max_running: int = 1  # CPU-bound: one job at a time per process on small machines
-    max_queued: int = 8
-    max_kept: int = 200  # finished jobs kept on disk; the oldest beyond are deleted
+    max_running: int = 1  # in-process: CPU-bound, one task at a time per process on small machines
+    max_queued: int = 8  # in-process: waiting jobs per process
+    max_kept: int = 200  # finished jobs kept; the oldest beyond are deleted
+    max_active: int = 10_000  # with a task queue: queued + running jobs in all
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> JobLimits:
         """``FACEREC_VIDEO_MAX_UPLOAD_BYTES``, ``..._MAX_FRAMES``, ``..._MAX_DURATION_S``, ``..._MAX_PIXELS``,
-        ``..._MAX_RUNNING``, ``..._MAX_QUEUED``, ``..._MAX_KEPT``."""
+        ``..._MAX_RUNNING``, ``..._MAX_QUEUED``, ``..._MAX_KEPT``, ``..._MAX_ACTIVE``."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name, typ in (
@@ -122,29 +154,26 @@ class JobLimits:
             ("max_running", int),
             ("max_queued", int),
             ("max_kept", int),
+            ("max_active", int),
         ):
             key = "FACEREC_VIDEO_" + name.upper()
             if key in env:
                 try:
                     values[name] = typ(env[key].replace("_", ""))
                 except ValueError:
-                    from ..errors import ConfigError
-
                     raise ConfigError(f"{key} must be a number, got {env[key]!r}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         limits = cls(**values)
         for k, v in asdict(limits).items():
             if v is None or v < (0 if k == "max_queued" else 1):
-                from ..errors import ConfigError
-
                 raise ConfigError(f"video job limit {k} must be positive, got {v!r}")
         return limits
 
 
-# --- job directory state ------------------------------------------------------------------------
+# --- job folders of earlier versions ------------------------------------------------------------------------
 def read_state(job_dir: Path) -> dict[str, Any]:
     try:
-        return json.loads((job_dir / STATE_FILE).read_text(encoding="utf-8"))
+        return json.loads((Path(job_dir) / STATE_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise JobNotFoundError("no such video job") from None
     except (OSError, ValueError) as exc:
@@ -152,151 +181,14 @@ def read_state(job_dir: Path) -> dict[str, Any]:
 
 
 def write_state(job_dir: Path, state: dict[str, Any]) -> None:
+    """A ``job.json`` as earlier versions wrote it (imported into the store at the next start)."""
+    job_dir = Path(job_dir)
     tmp = job_dir / f".{STATE_FILE}.{threading.get_ident()}.tmp"
     tmp.write_text(json.dumps(state, indent=2, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, job_dir / STATE_FILE)
 
 
-_state_lock = threading.Lock()
-
-
-def update_state(job_dir: Path, **changes: Any) -> dict[str, Any]:
-    with _state_lock:
-        state = read_state(job_dir)
-        state.update(changes)
-        state["updated_at"] = _now()
-        write_state(job_dir, state)
-        return state
-
-
-@contextlib.contextmanager
-def _job_lock(job_dir: Path, blocking: bool = True) -> Iterator[bool]:
-    """Hold ``job.lock``; yields False when another process holds it (non-blocking)."""
-    if fcntl is None:  # pragma: no cover
-        yield True
-        return
-    fh = open(job_dir / LOCK_FILE, "a+")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-    finally:
-        fh.close()
-
-
-# --- running one job ------------------------------------------------------------------------
-def run_job(
-    job_dir: str | Path,
-    recognizer: Any = None,
-    *,
-    video_config: VideoConfig | None = None,
-    limits: JobLimits | None = None,
-    cancel: threading.Event | None = None,
-    on_frame: Callable[[Any], None] | None = None,
-) -> dict[str, Any]:
-    """Run the job in ``job_dir`` (state ``queued``) to its end; returns the final state.
-
-    ``recognizer`` defaults to one built from the job's recorded ``config`` and
-    ``gallery_location`` (what a task-queue worker in another process does).
-    Cancellation: ``cancel`` set, or a ``cancel`` file in the job directory.
-    """
-    from .pipeline import process_video
-
-    job_dir = Path(job_dir)
-    limits = limits or JobLimits()
-    cancel = cancel or threading.Event()
-    with _job_lock(job_dir) as locked:
-        if not locked:  # pragma: no cover - blocking lock
-            return read_state(job_dir)
-        state = read_state(job_dir)
-        if state["status"] != "queued":
-            return state
-        if (job_dir / CANCEL_FILE).exists():
-            return update_state(job_dir, status="cancelled", finished_at=_now())
-        own = recognizer is None
-        if own:
-            from ..gallery import open_gallery
-            from ..recognizer import FaceRecognizer
-
-            recognizer = FaceRecognizer(state.get("config"), open_gallery(state["gallery_location"]))
-        cfg = video_config or VideoConfig()
-        if state.get("video_settings"):
-            from .config import video_config as merge
-
-            cfg = merge(state["video_settings"], cfg)
-        cfg = cfg.model_copy(update={"save_unknown_crops": False})
-        total = (state.get("video") or {}).get("frames")
-        state = update_state(job_dir, status="running", started_at=_now(), progress=0.0)
-        last = {"t": 0.0, "live": 0.0}
-
-        def progress(done: int, _total: int | None, fps: float) -> None:
-            now = time.monotonic()
-            if done % 10 == 0 and (job_dir / CANCEL_FILE).exists():
-                cancel.set()
-            if now - last["t"] >= 0.5:
-                last["t"] = now
-                p = min(1.0, done / total) if total else 0.0
-                update_state(job_dir, progress=round(p, 4), frames_done=done, fps=round(fps, 2))
-
-        def frame_cb(result: Any) -> None:
-            now = time.monotonic()
-            if now - last["live"] >= 0.2:  # a few frames per second for streams in other processes
-                last["live"] = now
-                ok, buf = cv2.imencode(".jpg", result.annotated(), [cv2.IMWRITE_JPEG_QUALITY, 80])
-                if ok:
-                    tmp = job_dir / f".{LIVE_FILE}.tmp"
-                    tmp.write_bytes(buf.tobytes())
-                    os.replace(tmp, job_dir / LIVE_FILE)
-            if on_frame is not None:
-                on_frame(result)
-
-        input_path = job_dir / state["input"]
-        try:
-            summary = process_video(
-                input_path,
-                job_dir,
-                recognizer,
-                state["gallery"],
-                cfg,
-                progress=progress,
-                on_frame=frame_cb,
-                stop=cancel,
-                max_frames=limits.max_frames,
-            )
-        except FaceRecError as exc:
-            log.warning("video job %s failed: %s", job_dir.name, exc.message)
-            return update_state(job_dir, status="failed", error=exc.message, finished_at=_now())
-        except Exception as exc:  # a bug: keep the server alive, say little
-            log.exception("video job %s crashed", job_dir.name)
-            return update_state(
-                job_dir, status="failed", error=f"internal error ({type(exc).__name__})", finished_at=_now()
-            )
-        finally:
-            if own:
-                recognizer.gallery.close()
-            with contextlib.suppress(OSError):
-                (job_dir / LIVE_FILE).unlink()
-        status = "cancelled" if summary["stopped"] else "done"
-        return update_state(
-            job_dir,
-            status=status,
-            progress=1.0 if status == "done" else state.get("progress", 0.0),
-            frames_done=summary["frames"],
-            fps=summary["fps"],
-            finished_at=_now(),
-            summary={
-                k: summary[k] for k in ("frames", "seconds", "fps", "tracks", "named_tracks", "people", "name_switches")
-            },
-        )
-
-
-# --- the in-process manager ----------------------------------------------------------------------------------
+# --- MJPEG --------------------------------------------------------------------------------------------------
 class _Live:
     """The latest annotated frame of a job running in this process, for MJPEG viewers."""
 
@@ -324,48 +216,6 @@ class _Live:
             self.cond.notify_all()
 
 
-class DaemonPool:
-    """``workers`` daemon threads running submitted calls in order.
-
-    Daemon threads do not hold the process open at exit (a ``ThreadPoolExecutor`` would wait for
-    a long video): a job cut off that way stays ``running`` on disk and is marked failed at the next
-    start.  Anything with ``submit(fn, *args)`` and ``shutdown(wait)`` can replace it (a task queue).
-    """
-
-    def __init__(self, workers: int, name: str = "video-job"):
-        import queue
-
-        self._q: queue.Queue = queue.Queue()
-        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(workers)]
-        for t in self._threads:
-            t.start()
-
-    def _work(self) -> None:
-        while True:
-            item = self._q.get()
-            if item is None:
-                return
-            fn, args = item
-            try:
-                fn(*args)
-            except Exception:  # pragma: no cover - the callable records its own failures
-                log.exception("video job worker")
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._q.put((fn, args))
-
-    def shutdown(self, wait: bool = True) -> None:
-        if not wait:  # drop what has not started
-            with contextlib.suppress(Exception):
-                while True:
-                    self._q.get_nowait()
-        for _ in self._threads:
-            self._q.put(None)
-        if wait:
-            for t in self._threads:
-                t.join()
-
-
 def _mjpeg_part(jpeg: bytes) -> bytes:
     return (
         b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
@@ -379,8 +229,18 @@ def _mjpeg_part(jpeg: bytes) -> bytes:
 MJPEG_MIMETYPE = "multipart/x-mixed-replace; boundary=frame"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - someone else's process
+        return True
+    return True
+
+
 class JobManager:
-    """Runs video jobs on a bounded pool; all state is on disk under ``jobs_dir``."""
+    """Accepts, tracks and serves video jobs; the executor runs them, the store holds them."""
 
     def __init__(
         self,
@@ -392,6 +252,11 @@ class JobManager:
         config_name: str | None = None,
         gallery_location: str | Path | None = None,
         executor: Any = None,
+        store: JobStore | None = None,
+        queue_url: str | None = None,
+        chunking: ChunkPolicy | None = None,
+        stale_after: float = 30.0,
+        own_store: bool | None = None,
     ):
         self.dir = Path(jobs_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -400,73 +265,147 @@ class JobManager:
         self.video_config = video_config or VideoConfig()
         self.config_name = config_name
         self.gallery_location = str(gallery_location) if gallery_location is not None else None
+        self.store = store if store is not None else SQLiteJobStore(self.dir / "jobs.db")
+        self._own_store = (store is None) if own_store is None else own_store
+        if executor is None:
+            if queue_url:
+                executor = RedisQueueExecutor.from_env(queue_url)
+            else:
+                executor = InProcessExecutor(self.limits.max_running)
+        self.executor = executor
+        self.chunking = chunking or ChunkPolicy.from_env()
+        self.stale_after = float(stale_after)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._live: dict[str, _Live] = {}
         self._lock = threading.Lock()
-        self._closed = False
-        self._pool = executor or DaemonPool(self.limits.max_running)
+        self._closed = threading.Event()
+        self.ctx = TaskContext(
+            store=self.store,
+            storage_dir=self.dir,
+            recognizer_for=lambda _name: self.recognizer,
+            executor=self.executor,
+            publish=self._publish,
+            stop_event=self._stop_event,
+        )
+        self.executor.start(self.ctx)
         self.recovered = self.recover()
+        interval = getattr(self.executor, "cleanup_interval", None) or min(5.0, self.stale_after / 3)
+        self._maint = threading.Thread(target=self._maintain, args=(interval,), name="video-jobs-maint", daemon=True)
+        self._maint.start()
+
+    @property
+    def in_process(self) -> bool:
+        return getattr(self.executor, "kind", "") == "inprocess"
 
     # --- paths and state ---------------------------------------------------------------------------------------
     def job_dir(self, job_id: str) -> Path:
         return self.dir / validate_job_id(job_id)
 
+    def _state(self, job_id: str) -> dict[str, Any]:
+        return self.store.get(validate_job_id(job_id))
+
     def get(self, job_id: str) -> dict[str, Any]:
-        return self._public(read_state(self.job_dir(job_id)))
+        return self._public(self._state(job_id))
 
     @staticmethod
     def _public(state: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in state.items() if k not in ("gallery_location", "input", "stream_token")}
+        out = {k: v for k, v in state.items() if k not in PRIVATE}
+        if state.get("cancel") and state.get("status") in ACTIVE:
+            out["cancel_requested"] = True
+        return out
 
     def stream_token(self, job_id: str) -> str:
-        return read_state(self.job_dir(job_id)).get("stream_token", "")
+        return self._state(job_id).get("stream_token", "")
 
     def list(self) -> list[dict[str, Any]]:
-        out = []
-        for d in self.dir.iterdir():
-            try:
-                validate_job_id(d.name)
-                out.append(self._public(read_state(d)))
-            except FaceRecError:
-                continue
-        return sorted(out, key=lambda s: s.get("created_at", ""))
+        return [self._public(s) for s in self.store.list()]
 
+    def _result_path(self, state: dict[str, Any], rel: str) -> Path:
+        base = self.dir / state["job_id"]
+        sub = state.get("result_dir")
+        return (base / sub / rel) if sub else (base / rel)
+
+    # --- recovery ----------------------------------------------------------------------------------------------
     def recover(self) -> int:
-        """Mark jobs left queued/running by a dead process as failed (finished results are kept)."""
-        n = 0
-        for d in self.dir.iterdir():
-            try:
-                validate_job_id(d.name)
-                state = read_state(d)
-            except FaceRecError:
+        """Import job folders of earlier versions; mark jobs of dead in-process executors failed."""
+        n = self._import_legacy()
+        host = socket.gethostname()
+        now = time.time()
+        for job in self.store.active():
+            if job.get("executor", "inprocess") != "inprocess" or job.get("owner") == self.owner:
                 continue
-            for tmp in d.glob(".*.tmp"):
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-            if state.get("status") not in ACTIVE:
-                continue
-            with _job_lock(d, blocking=False) as free:
-                if not free:
-                    continue  # another live process runs it
-                update_state(d, status="failed", error=RESTARTED, finished_at=_now())
+            owner = str(job.get("owner") or "")
+            parts = owner.split(":")
+            dead = not owner
+            if len(parts) == 3 and parts[0] == host and parts[1].isdigit():
+                pid = int(parts[1])
+                dead = dead or (pid != os.getpid() and not _pid_alive(pid))
+            beat = job.get("heartbeat")
+            dead = dead or beat is None or now - float(beat) > self.stale_after
+            if dead and fail_job(self.store, job["job_id"], RESTARTED) is not None:
                 n += 1
         if n:
             log.warning("marked %d unfinished video job(s) as failed after a restart", n)
         return n
 
-    def _active_count(self) -> int:
-        n = 0
+    def _import_legacy(self) -> int:
+        failed = 0
         for d in self.dir.iterdir():
             try:
-                validate_job_id(d.name)
-                if read_state(d).get("status") in ACTIVE:
-                    n += 1
+                job_id = validate_job_id(d.name)
             except FaceRecError:
                 continue
-        return n
+            if not (d / STATE_FILE).is_file():
+                continue
+            with self.store.tx(write=False) as tx:
+                if tx.job(job_id) is not None:
+                    continue
+            try:
+                state = read_state(d)
+            except FaceRecError:
+                continue
+            state.update(job_id=job_id, executor="inprocess", owner=None, phase="final", result_dir="")
+            state.setdefault("created_at", _now())
+            if state.get("status") in ACTIVE:
+                state.update(status="failed", error=RESTARTED, finished_at=_now())
+                failed += 1
+            frames = []
+            with contextlib.suppress(OSError, ValueError), open(d / "frames.jsonl", encoding="utf-8") as fh:
+                frames = [json.loads(line) for line in fh if line.endswith("\n")]
+            tracks = None
+            with contextlib.suppress(OSError, ValueError):
+                tracks = json.loads((d / "tracks.json").read_text(encoding="utf-8"))
+            with self.store.tx() as tx:
+                tx.put_job(state)
+                tx.add_frames(job_id, frames)
+                tx.set_tracks(job_id, tracks)
+            with contextlib.suppress(OSError):
+                os.replace(d / STATE_FILE, d / f"{STATE_FILE}.imported")
+        return failed
+
+    def _maintain(self, interval: float) -> None:
+        while not self._closed.wait(interval):
+            try:
+                if self.in_process:
+                    self.store.heartbeat_owner(self.owner)
+                    self.recover()
+                self.executor.maintenance()
+                with self._lock:
+                    for job_id in list(self._live):
+                        with contextlib.suppress(FaceRecError):
+                            if self.store.get(job_id)["status"] in ACTIVE:
+                                continue
+                        self._live.pop(job_id).finish()
+            except Exception:
+                log.exception("video job maintenance")
+
+    def _count_active(self) -> int:
+        return self.store.count_active(owner=self.owner if self.in_process else None)
 
     def _prune(self) -> None:
-        done = [s for s in self.list() if s.get("status") not in ACTIVE]
+        done = [s for s in self.store.list() if s.get("status") not in ACTIVE]
         for s in done[: max(0, len(done) - self.limits.max_kept)]:
+            self.store.delete(s["job_id"])
             shutil.rmtree(self.dir / s["job_id"], ignore_errors=True)
 
     # --- submit --------------------------------------------------------------------------------------------------
@@ -481,24 +420,19 @@ class JobManager:
 
         :class:`ImageTooLargeError` (413) past the size/frames/duration/pixel limits,
         :class:`BadImageError` (400) when it does not decode as a video,
-        :class:`ServiceUnavailableError` (503) when the queue is full.
+        :class:`ServiceUnavailableError` (503) when the queue is full or unreachable.
         """
-        if self._closed:
+        if self._closed.is_set():
             raise ServiceUnavailableError("the video job manager is shutting down")
-        if video_settings:
-            from .config import video_config as merge
+        from .config import video_config as merge
 
-            from ..errors import ConfigError
-
-            try:  # validate now: 400 before any upload work
-                merge(video_settings, self.video_config, where=" (request)")
-            except ConfigError as exc:
-                raise InvalidRequestError(exc.message) from None
-        if self._active_count() >= self.limits.max_running + self.limits.max_queued:
-            raise ServiceUnavailableError(
-                "too many video jobs are queued or running"
-                f" (limit {self.limits.max_running + self.limits.max_queued}); retry later"
-            )
+        try:  # validate now: 400 before any upload work
+            effective = merge(video_settings or {}, self.video_config, where=" (request)")
+        except ConfigError as exc:
+            raise InvalidRequestError(exc.message) from None
+        limit = (self.limits.max_running + self.limits.max_queued) if self.in_process else self.limits.max_active
+        if self._count_active() >= limit:
+            raise ServiceUnavailableError(f"too many video jobs are queued or running (limit {limit}); retry later")
         suffix = Path(filename or "").suffix.lower()
         if suffix and suffix not in VIDEO_SUFFIXES:
             raise UnsupportedMediaError(
@@ -517,12 +451,12 @@ class JobManager:
             except (BadImageError, InvalidRequestError):
                 raise BadImageError("the uploaded file is not a decodable video") from None
             self._check(info)
+            ranges = self.chunking.plan(info.frames, info.fps, getattr(self.executor, "parallelism", 1))
             state = {
                 "job_id": job_id,
                 "status": "queued",
                 "progress": 0.0,
                 "created_at": _now(),
-                "updated_at": _now(),
                 "started_at": None,
                 "finished_at": None,
                 "error": None,
@@ -534,20 +468,42 @@ class JobManager:
                 "fps": None,
                 "summary": None,
                 "video_settings": video_settings or None,
+                "executor": self.executor.kind,
+                "chunks": len(ranges),
+                "workers": [],
+                "attempts": 0,
+                # private
                 "input": input_name,
                 "config": self.config_name,
                 "gallery_location": self.gallery_location,
                 "stream_token": secrets.token_urlsafe(18),
+                "video_config": effective.model_dump(mode="json"),
+                "max_frames": self.limits.max_frames,
+                "overlap_frames": self.chunking.overlap_frames(info.fps),
+                "owner": self.owner if self.in_process else None,
+                "heartbeat": time.time(),
+                "phase": "analyze",
+                "queue_options": getattr(self.executor, "options", dict)(),
             }
-            write_state(d, state)
+            with self.store.tx() as tx:
+                tx.put_job(state)
+                for i, (start, end) in enumerate(ranges):
+                    tx.put_chunk({"job_id": job_id, "idx": i, "start_frame": start, "end_frame": end})
         except BaseException:
             shutil.rmtree(d, ignore_errors=True)
             raise
-        with self._lock:
-            self._live[job_id] = _Live()
-        self._pool.submit(self._run, job_id)
+        if self.in_process:
+            with self._lock:
+                self._live[job_id] = _Live()
+        try:
+            for i in range(len(ranges)):
+                self.executor.enqueue(job_id, "analyze", i)
+        except ServiceUnavailableError:
+            self.store.delete(job_id)
+            shutil.rmtree(d, ignore_errors=True)
+            raise
         self._prune()
-        return self._public(state)
+        return self._public(self.store.get(job_id))
 
     def _store(self, data: bytes | IO[bytes] | str | Path, dest: Path) -> int:
         limit = self.limits.max_upload_bytes
@@ -588,41 +544,44 @@ class JobManager:
                 f"the video lasts {info.duration_s:.0f} s; the limit is {lim.max_duration_s:.0f} s"
             )
 
-    def _run(self, job_id: str) -> None:
-        live = self._live.get(job_id) or _Live()
-        try:
-            run_job(
-                self.dir / job_id,
-                self.recognizer,
-                video_config=self.video_config,
-                limits=self.limits,
-                cancel=live.cancel,
-                on_frame=live.publish,
-            )
-        except Exception:  # pragma: no cover - run_job records its own failures
-            log.exception("video job %s", job_id)
-        finally:
-            live.finish()
-            with self._lock:
-                self._live.pop(job_id, None)
+    def _stop_event(self, job_id: str) -> threading.Event:
+        with self._lock:
+            live = self._live.get(job_id)
+            if live is None:
+                live = self._live[job_id] = _Live()
+            return live.cancel
+
+    def _publish(self, job_id: str, result: Any) -> None:
+        live = self._live.get(job_id)
+        if live is not None:
+            live.publish(result)
 
     # --- cancel / delete ------------------------------------------------------------------------------------------
     def cancel(self, job_id: str, purge: bool = False) -> dict[str, Any]:
         """Cancel a queued or running job (idempotent); ``purge`` also deletes a finished job's files."""
-        d = self.job_dir(job_id)
-        state = read_state(d)
-        if state["status"] in ACTIVE:
-            (d / CANCEL_FILE).touch()
-            live = self._live.get(state["job_id"])
+        job_id = validate_job_id(job_id)
+        with self.store.tx() as tx:
+            state = tx.job(job_id, lock=True)
+            if state is None:
+                raise JobNotFoundError("no such video job")
+            if state["status"] in ACTIVE:
+                changes: dict[str, Any] = {"cancel": True}
+                if state["status"] == "queued":  # no task has started: nothing to wait for
+                    changes.update(status="cancelled", finished_at=_now())
+                state = tx.put_job({**state, **changes})
+                cancelled = True
+            else:
+                cancelled = False
+        if cancelled:
+            live = self._live.get(job_id)
             if live is not None:
                 live.cancel.set()
-            if state["status"] == "queued":
-                with _job_lock(d, blocking=False) as free:
-                    if free and read_state(d)["status"] == "queued":
-                        state = update_state(d, status="cancelled", finished_at=_now())
-            return self._public(read_state(d)) | {"cancel_requested": True}
+            with contextlib.suppress(Exception):
+                self.executor.cancel(job_id, int(state.get("chunks") or 1))
+            return self._public(state) | {"cancel_requested": True}
         if purge:
-            shutil.rmtree(d, ignore_errors=True)
+            self.store.delete(job_id)
+            shutil.rmtree(self.dir / job_id, ignore_errors=True)
             return self._public(state) | {"deleted": True}
         return self._public(state)
 
@@ -630,81 +589,69 @@ class JobManager:
     def frames(
         self, job_id: str, offset: int = 0, limit: int | None = None
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Per-frame results written so far (all of them once ``done``) and the job's state."""
-        d = self.job_dir(job_id)
-        state = read_state(d)
-        out: list[dict[str, Any]] = []
-        path = d / "frames.jsonl"
-        if path.is_file():
-            with open(path, encoding="utf-8") as fh:
-                for i, line in enumerate(fh):
-                    if i < offset:
-                        continue
-                    if limit is not None and len(out) >= limit:
-                        break
-                    if not line.endswith("\n"):
-                        break  # a line being written
-                    out.append(json.loads(line))
-        return out, self._public(state)
+        """Per-frame results committed so far (all of them once ``done``) and the job's state."""
+        state = self._state(job_id)
+        return self.store.frames(state["job_id"], offset, limit), self._public(state)
 
     def tracks(self, job_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        d = self.job_dir(job_id)
-        state = read_state(d)
-        path = d / "tracks.json"
-        if not path.is_file():
+        state = self._state(job_id)
+        tracks = self.store.tracks(state["job_id"])
+        if tracks is None:
             raise JobNotReadyError(f"the job is {state['status']}; tracks are written when it ends")
-        return json.loads(path.read_text(encoding="utf-8")), self._public(state)
+        return tracks, self._public(state)
 
     def video_path(self, job_id: str) -> Path:
-        d = self.job_dir(job_id)
-        state = read_state(d)
-        path = d / "annotated.mp4"
+        state = self._state(job_id)
+        path = self._result_path(state, "annotated.mp4")
         if state["status"] not in ("done", "cancelled") or not path.is_file():
             raise JobNotReadyError(f"the job is {state['status']}; the annotated video is available when it is done")
         return path
 
     def crop_path(self, job_id: str, rel: str) -> Path:
-        d = self.job_dir(job_id)
+        state = self._state(job_id)
         tracks, _ = self.tracks(job_id)
         allowed = {t.get("best_crop") for t in tracks if t.get("best_crop")}
         if rel not in allowed:
             raise NotFoundError("no such crop")
-        return d / rel
+        return self._result_path(state, rel)
 
     # --- MJPEG ----------------------------------------------------------------------------------------------------
     def stream(self, job_id: str, *, max_seconds: float = 3600.0) -> Iterator[bytes]:
         """MJPEG parts of a job's annotated frames: live while it runs, then the annotated video at its frame rate."""
-        d = self.job_dir(job_id)
-        read_state(d)  # 404 before the response starts
-        return self._stream(d, max_seconds)
+        state = self._state(job_id)  # 404 before the response starts
+        return self._stream(state["job_id"], max_seconds)
 
-    def _stream(self, d: Path, max_seconds: float) -> Iterator[bytes]:
-        job_id = d.name
+    def _stream(self, job_id: str, max_seconds: float) -> Iterator[bytes]:
+        d = self.dir / job_id
         t_end = time.monotonic() + max_seconds
-        live = self._live.get(job_id)
-        if live is not None:
+        state = self.store.get(job_id)
+        live = self._live.get(job_id) if int(state.get("chunks") or 1) == 1 else None
+        if live is not None and state["status"] in ACTIVE:
             with live.cond:
                 live.viewers += 1
             try:
                 seq = -1
                 while time.monotonic() < t_end:
                     with live.cond:
-                        live.cond.wait_for(lambda: live.seq != seq or live.done, timeout=1.0)
+                        changed = live.cond.wait_for(lambda: live.seq != seq or live.done, timeout=1.0)
                         if live.done:
                             break
-                        if live.seq == seq or live.jpeg is None:
-                            continue
-                        seq, jpeg = live.seq, live.jpeg
-                    yield _mjpeg_part(jpeg)
+                        jpeg = live.jpeg if (changed and live.seq != seq) else None
+                        seq = live.seq
+                    if jpeg is not None:
+                        yield _mjpeg_part(jpeg)
+                    elif self.store.get(job_id)["status"] not in ACTIVE:
+                        break
             finally:
                 with live.cond:
                     live.viewers -= 1
-        else:  # running in another process (or queued): poll its live.jpg
+        else:  # running elsewhere (or queued): poll its live.jpg
             last = 0.0
+            polls = 0
             while time.monotonic() < t_end:
-                state = read_state(d)
-                if state["status"] not in ACTIVE:
+                if polls % 5 == 0 and self.store.get(job_id)["status"] not in ACTIVE:
                     break
+                polls += 1
                 p = d / LIVE_FILE
                 try:
                     m = p.stat().st_mtime
@@ -714,8 +661,8 @@ class JobManager:
                 except OSError:
                     pass
                 time.sleep(0.1)
-        path = d / "annotated.mp4"
-        state = read_state(d)
+        state = self.store.get(job_id)
+        path = self._result_path(state, "annotated.mp4")
         if state["status"] not in ("done", "cancelled") or not path.is_file():
             return
         cap = cv2.VideoCapture(str(path))
@@ -747,9 +694,37 @@ class JobManager:
                 return state
             time.sleep(0.05)
 
+    def describe(self) -> dict[str, Any]:
+        return {**self.executor.describe(), "store": repr(self.store), "storage": str(self.dir)}
+
     def shutdown(self, wait: bool = True, cancel_running: bool = False) -> None:
-        self._closed = True
+        self._closed.set()
         if cancel_running:
             for live in list(self._live.values()):
                 live.cancel.set()
-        self._pool.shutdown(wait=wait)
+        self.executor.shutdown(wait=wait)
+        self._maint.join(timeout=5)
+        with self._lock:
+            for live in self._live.values():
+                live.finish()
+        if wait and self._own_store:
+            self.store.close()
+
+
+def run_job(
+    job_id: str,
+    store: JobStore,
+    storage_dir: str | Path,
+    recognizer: Any,
+) -> dict[str, Any]:
+    """Run every task of a stored job in this thread, one after the other; returns the final state.
+
+    What a task-queue worker does, without the queue (scripts, debugging).
+    """
+    ex = SyncExecutor()
+    ctx = TaskContext(store=store, storage_dir=Path(storage_dir), recognizer_for=lambda _n: recognizer, executor=ex)
+    ex.start(ctx)
+    job = store.get(validate_job_id(job_id))
+    for i in range(int(job.get("chunks") or 1)):
+        ex.enqueue(job["job_id"], "analyze", i)
+    return store.get(job["job_id"])
