@@ -57,6 +57,11 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
         default=os.environ.get("FACEREC_DATA_DIR"),
         help="the persistent gallery is <data-dir>/gallery.db (default ./data or $FACEREC_DATA_DIR)",
     )
+    ap.add_argument(
+        "--database-url",
+        default=None,
+        help="persistent gallery database, e.g. postgresql://... (default: $DATABASE_URL, else <data-dir>/gallery.db)",
+    )
     ap.add_argument("--gallery", default="default", help="gallery name (default 'default')")
     ap.add_argument(
         "--save-gallery",
@@ -122,7 +127,7 @@ def open_for_script(
     args: argparse.Namespace, log: Callable[[str], None] | None = None
 ) -> tuple[Any, str, Callable[[], None]]:
     """The recognizer with its gallery ready: ``(recognizer, gallery name, cleanup)``."""
-    from .gallery import open_gallery
+    from .gallery import open_gallery, resolve_database_url
     from .recognizer import FaceRecognizer
 
     log = log or (lambda m: print(m, file=sys.stderr))
@@ -131,7 +136,7 @@ def open_for_script(
         tmp = tempfile.mkdtemp(prefix="facerec-gallery-")
         location: str | Path = Path(tmp) / "gallery.db"
     else:
-        location = gallery_location(args.data_dir)
+        location = gallery_location(args.data_dir, resolve_database_url(getattr(args, "database_url", None)))
         if args.gallery_dir is None and isinstance(location, Path) and not location.exists():
             raise ConfigError(
                 f"no gallery at {location}: pass --gallery-dir PEOPLE_DIR, or enroll people first"

@@ -48,9 +48,9 @@ def list_people_dir(people_dir: Path) -> dict[str, list[Path]]:
 
 
 def _open(args: argparse.Namespace, with_models: bool = True):
-    from .gallery import open_gallery
+    from .gallery import open_gallery, resolve_database_url
 
-    gallery = open_gallery(gallery_location(args.data_dir, getattr(args, "database_url", None)))
+    gallery = open_gallery(gallery_location(args.data_dir, resolve_database_url(args.database_url)))
     if not with_models:
         return None, gallery
     from .recognizer import FaceRecognizer
@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", default="data", help="folder holding gallery.db (default ./data)")
-    common.add_argument("--database-url", default=None, help="gallery database URL (overrides --data-dir)")
+    common.add_argument("--database-url", default=None,
+                        help="gallery database URL, e.g. postgresql://... (default $DATABASE_URL, else --data-dir)")
     common.add_argument("--config", default=None, help="embedder YAML (default configs/sface.yaml)")
     common.add_argument("--gallery", default="default", help="gallery name (default 'default')")
     sub = ap.add_subparsers(dest="command", required=True)

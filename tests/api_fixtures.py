@@ -24,22 +24,22 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 __all__ = [
+    "ServerProcess",
     "api_models",
-    "make_app",
     "app",
+    "b64",
+    "biden_jpg",
     "client",
+    "frame_640x480",
+    "free_port",
     "images",
     "img_bytes",
-    "obama_jpg",
-    "obama2_jpg",
-    "biden_jpg",
-    "two_people_jpg",
-    "frame_640x480",
-    "no_face_jpg",
+    "make_app",
     "multipart_files",
-    "b64",
-    "ServerProcess",
-    "free_port",
+    "no_face_jpg",
+    "obama2_jpg",
+    "obama_jpg",
+    "two_people_jpg",
 ]
 
 

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# fixtures shared across files, registered once so session-scoped servers start once
+pytest_plugins = ["tests.api_fixtures", "tests.pg_fixtures", "tests.redis_fixtures"]
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 

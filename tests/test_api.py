@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.api_fixtures import *  # noqa: F403 - fixtures
 from tests.api_fixtures import b64, multipart_files
 
 ENROLL = "/api/v1/galleries/{g}/people/{p}/faces"

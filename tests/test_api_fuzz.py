@@ -15,13 +15,10 @@ import time
 from typing import Any
 
 import pytest
-
-from tests.api_fixtures import *  # noqa: F403 - fixtures
-
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
 
 FUZZ_SECONDS = float(os.environ.get("FUZZ_SECONDS", "60"))
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))

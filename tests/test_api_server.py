@@ -9,7 +9,6 @@ import time
 import pytest
 import requests
 
-from tests.api_fixtures import *  # noqa: F403 - fixtures
 from tests.api_fixtures import ServerProcess, b64
 
 ENROLL = "{url}/api/v1/galleries/{g}/people/{p}/faces"

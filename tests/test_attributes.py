@@ -217,6 +217,7 @@ def test_smiling_face_reads_happy(analysed):
 def test_chip_reproduces_dlib_extract_image_chip():
     """Given dlib's own landmarks, our chip equals dlib.extract_image_chip (the package's crop)."""
     import dlib
+
     from modules.attributes.age_gender import dlib_template, face_chip
     from modules.resources import package_file
 

@@ -36,7 +36,6 @@ from modules.errors import (
     ServiceUnavailableError,
 )
 from modules.gallery import NewFace, SQLiteGallery, open_gallery, resolve_database_url
-from tests.pg_fixtures import pg_server, pg_url  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 16

@@ -2,7 +2,7 @@
 
 Everything the two backends share is tested against both in ``test_gallery.py``.
 """
-# ruff: noqa: F811 - pytest fixtures imported from tests.pg_fixtures are redefined as arguments
+
 from __future__ import annotations
 
 import threading
@@ -14,7 +14,6 @@ import pytest
 from modules.errors import ConfigError
 from modules.gallery import NewFace, open_gallery
 from modules.gallery.postgres import MIGRATIONS, PostgresGallery, index_name
-from tests.pg_fixtures import pg_server, pg_url  # noqa: F401 - fixtures
 from tests.test_gallery import ANN_THRESHOLD, brute_force, check_pg_counters, enroll_crowd, unit
 
 

@@ -23,8 +23,7 @@ import pytest
 
 from benchmarks.video import evaluate, load_labels
 from modules.face import UNKNOWN
-from tests.pg_fixtures import pg_server, pg_url  # noqa: F401 - fixtures
-from tests.redis_fixtures import WorkerProcess, redis_server, redis_url, wait_for_workers  # noqa: F401 - fixtures
+from tests.redis_fixtures import WorkerProcess, wait_for_workers
 
 CLIP = Path("face_recognition_examples") / "video_short_hamilton_clip"
 FAST = ("--heartbeat-ttl", "3", "--cleanup-interval", "1")  # a dead worker is noticed within ~4 s

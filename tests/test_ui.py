@@ -20,8 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.api_fixtures import *
-
 IN_CI = os.environ.get("CI", "").lower() == "true"
 CLIP_DIR = Path("face_recognition_examples") / "video_short_hamilton_clip"
 CHROMIUM_ARGS = [

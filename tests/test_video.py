@@ -19,7 +19,6 @@ from benchmarks.video import evaluate, load_labels, read_jsonl
 from modules.errors import BadImageError, ImageTooLargeError, ServiceUnavailableError
 from modules.face import UNKNOWN, Candidate
 
-
 CLIP = Path("face_recognition_examples") / "video_short_hamilton_clip"
 
 
@@ -427,8 +426,7 @@ def test_restart_marks_unfinished_jobs_failed_and_keeps_finished(video_rec, tmp_
 # --- HTTP ------------------------------------------------------------------------
 @pytest.fixture()
 def video_client(video_rec, clip_dir, labels, tmp_path):
-    from modules.api import Settings, create_app
-    from modules.api import videos
+    from modules.api import Settings, create_app, videos
 
     app = create_app(
         Settings(data_dir=tmp_path / "data"),
@@ -502,8 +500,7 @@ def test_http_base64_upload_and_errors(video_client, short_clip):
 
 
 def test_http_with_api_keys_scopes_jobs_and_needs_the_stream_token(video_rec, clip_dir, labels, short_clip, tmp_path):
-    from modules.api import Settings, create_app
-    from modules.api import videos
+    from modules.api import Settings, create_app, videos
 
     app = create_app(
         Settings(data_dir=tmp_path / "data", api_keys=True),
