@@ -22,6 +22,8 @@ workers = int(os.environ.get("FACEREC_WORKERS", str(max(1, _cores))))
 worker_class = "gthread"
 threads = int(os.environ.get("FACEREC_THREADS", "4"))
 preload_app = False
+# the control socket is one file per user ($HOME/.gunicorn/gunicorn.ctl): several instances would collide
+control_socket_disable = True
 timeout = int(os.environ.get("FACEREC_TIMEOUT", "120"))  # a large re-embed may take a while
 graceful_timeout = 30
 keepalive = 5

@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
     out = {
         "model": rec.model_id,
-        "flip": bool(rec.embedder.flip),
+        "flip_gallery": bool(rec.embedder.flip),
+        "flip_queries": bool(rec.embedder.flip_queries),
         "image": "640x480 JPEG, one face",
         "runs": args.runs,
         "median_ms": {k: round(float(np.median(v)), 2) for k, v in stages.items()},
