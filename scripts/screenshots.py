@@ -22,20 +22,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--hide-scrollbars",
-]
 
 #: person -> photos (relative to face_recognition_examples/)
 PEOPLE = {
@@ -118,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     from modules.api import Settings, create_app
-    from modules.ui.server import close_app, serve_in_thread
+    from modules.ui.server import CHROMIUM_ARGS, close_app, serve_in_thread
 
     with tempfile.TemporaryDirectory(prefix="facerec-shots-") as tmp:
         tmp = Path(tmp)
@@ -132,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 browser = p.chromium.launch(
                     executable_path=chromium_path(),
                     headless=True,
-                    args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"],
+                    args=[*CHROMIUM_ARGS, "--hide-scrollbars", f"--use-file-for-fake-video-capture={camera}"],
                 )
                 ctx = browser.new_context(viewport={"width": 1024, "height": 768})
                 ctx.set_default_timeout(60_000)

@@ -20,22 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from modules.ui.server import CHROMIUM_ARGS
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 CLIP_DIR = Path("face_recognition_examples") / "video_short_hamilton_clip"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    # the webcam page: a fake camera playing a still photo, permission granted without a prompt
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-]
 PHONE = {"width": 390, "height": 844}
 TIMEOUT_MS = 30_000
 VIDEO_TIMEOUT_MS = 90_000

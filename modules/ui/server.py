@@ -9,6 +9,22 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+#: Debian chromium driven by Playwright (tests, screenshots): headless, no sandbox (root), no
+#: background networking (the machine's network is closed), a fake camera for the webcam page.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+]
+
 
 def close_app(app: Any) -> None:
     """Stop the app's video jobs and close its gallery and key store."""
