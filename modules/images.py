@@ -79,16 +79,20 @@ def decode_image(
     return np.ascontiguousarray(arr[:, :, ::-1])
 
 
-def read_image(path: str | Path, **limits) -> np.ndarray:
-    """Read and decode an image file; unreadable files raise :class:`BadImageError`."""
+def read_file(path: str | Path) -> bytes:
+    """The bytes of an image file; unreadable files raise :class:`BadImageError`."""
     p = Path(path)
     try:
-        data = p.read_bytes()
+        return p.read_bytes()
     except IsADirectoryError as exc:
         raise BadImageError(f"{p} is a directory, not an image") from exc
     except OSError as exc:
         raise BadImageError(f"cannot read {p}: {exc.strerror or exc}") from exc
-    return decode_image(data, **limits)
+
+
+def read_image(path: str | Path, **limits) -> np.ndarray:
+    """Read and decode an image file; unreadable files raise :class:`BadImageError`."""
+    return decode_image(read_file(path), **limits)
 
 
 def encode_jpeg(image_bgr: np.ndarray, quality: int = 90) -> bytes:

@@ -26,7 +26,7 @@ from .detection import YuNetDetector
 from .embedders import Embedder, build_embedder
 from .errors import InvalidRequestError, MultipleFacesError, NoFaceError
 from .face import Face, Identification
-from .images import decode_image, encode_png, read_image
+from .images import decode_image, encode_png, read_file, read_image
 from .matching import Matcher, Verification
 
 ImageInput = np.ndarray | bytes | str | Path
@@ -292,18 +292,18 @@ class FaceRecognizer:
         new: list[NewFace] = []
         for i, src in enumerate(images):
             name = sources[i] if sources is not None else (str(src) if isinstance(src, (str, Path)) else f"image {i}")
-            raw = src if isinstance(src, (bytes, bytearray)) else None
-            if isinstance(src, (str, Path)):
-                raw = Path(src).read_bytes() if Path(src).is_file() else None
             try:
-                img = self.load_image(src)
+                # a file is read once: its bytes are both hashed and decoded
+                raw = read_file(src) if isinstance(src, (str, Path)) else src
+                raw = bytes(raw) if isinstance(raw, (bytearray, memoryview)) else raw
+                img = self.load_image(raw)
                 face = primary_face(self.detector.detect(img), img.shape, policy)
             except (NoFaceError, MultipleFacesError) as exc:
                 raise type(exc)(f"{name}: {exc.message}") from exc
             self.embed_faces(img, [face])
             if check_quality and self.quality_gate is not None:
                 self.quality_gate.enforce(face, name, image_bgr=img)
-            digest = hashlib.sha256(raw if raw is not None else img.tobytes()).hexdigest()
+            digest = hashlib.sha256(raw if isinstance(raw, bytes) else img.tobytes()).hexdigest()
             new.append(
                 NewFace(
                     embedding=face.embedding,
