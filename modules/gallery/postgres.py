@@ -252,6 +252,39 @@ class _Tx:
         self.touched.add(int(gallery_id))
 
 
+def open_pool(
+    url: str,
+    *,
+    name: str,
+    min_size: int,
+    max_size: int,
+    configure: Callable[[Any], None],
+    timeout_s: float,
+    unavailable: Callable[[Exception], FaceRecError],
+) -> Any:
+    """An open psycopg connection pool (transactions, not autocommit) for this process.
+
+    ``unavailable`` turns a connection time-out into the caller's typed error.
+    """
+    from psycopg_pool import ConnectionPool, PoolTimeout
+
+    pool = ConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max(min_size, max_size),
+        kwargs={"autocommit": False},
+        configure=configure,
+        open=False,
+        name=f"{name}-{os.getpid()}",
+    )
+    try:
+        pool.open(wait=True, timeout=timeout_s)
+    except PoolTimeout as exc:
+        pool.close()
+        raise unavailable(exc) from exc
+    return pool
+
+
 class PostgresGallery(GalleryStore):
     """The gallery in the PostgreSQL database at ``url`` (``postgresql://user:pass@host:port/db``).
 
@@ -330,23 +363,15 @@ class PostgresGallery(GalleryStore):
 
     # --- connections and transactions ------------------------------------------------
     def _open_pool(self) -> None:
-        from psycopg_pool import ConnectionPool, PoolTimeout
-
-        pool = ConnectionPool(
+        self._pool = open_pool(
             self.url,
+            name="gallery",
             min_size=self.pool_min,
-            max_size=max(self.pool_max, self.pool_min),
-            kwargs={"autocommit": False},
+            max_size=self.pool_max,
             configure=self._configure_connection,
-            open=False,
-            name=f"gallery-{os.getpid()}",
+            timeout_s=self.connect_timeout_s,
+            unavailable=lambda exc: ConfigError(f"cannot connect to the gallery database {self._safe_url()}: {exc}"),
         )
-        try:
-            pool.open(wait=True, timeout=self.connect_timeout_s)
-        except PoolTimeout as exc:
-            pool.close()
-            raise ConfigError(f"cannot connect to the gallery database {self._safe_url()}: {exc}") from exc
-        self._pool = pool
 
     def _configure_connection(self, conn: Any) -> None:
         # a write waiting longer than this for a lock (another writer, a migration) becomes a 503

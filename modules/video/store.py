@@ -521,28 +521,22 @@ class PostgresJobStore(JobStore):
             raise ConfigError(f"cannot prepare the job tables in {self!r}: {exc}") from exc
 
     def _get_pool(self) -> Any:
-        from psycopg_pool import ConnectionPool, PoolTimeout
+        from ..gallery.postgres import open_pool
 
         if os.getpid() != self._pid:  # forked (gunicorn): open our own pool, leave the parent's alone
             self._pool, self._pid, self._pool_lock = None, os.getpid(), threading.Lock()
         if self._pool is None:
             with self._pool_lock:
                 if self._pool is None:
-                    pool = ConnectionPool(
+                    self._pool = open_pool(
                         self.url,
+                        name="video-jobs",
                         min_size=self.pool_min,
-                        max_size=max(self.pool_min, self.pool_max),
-                        kwargs={"autocommit": False},
+                        max_size=self.pool_max,
                         configure=self._configure,
-                        open=False,
-                        name=f"video-jobs-{os.getpid()}",
+                        timeout_s=self.connect_timeout_s,
+                        unavailable=lambda exc: ServiceUnavailableError(f"the job database is not available: {exc}"),
                     )
-                    try:
-                        pool.open(wait=True, timeout=self.connect_timeout_s)
-                    except PoolTimeout as exc:
-                        pool.close()
-                        raise ServiceUnavailableError(f"the job database is not available: {exc}") from exc
-                    self._pool = pool
         return self._pool
 
     def _configure(self, conn: Any) -> None:
