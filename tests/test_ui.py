@@ -124,6 +124,27 @@ def keyed_server(api_models, tmp_path_factory):
 
 
 @pytest.fixture()
+def people(server, images, clip_dir):
+    """The people the photo, video and webcam pages look for, enrolled server-side if an earlier test has not.
+
+    The gallery test enrolls the same photos through the page; this keeps every test runnable on its own.
+    """
+    app, _ = server
+    svc = app.extensions["facerec"]
+    have = {p.name for p in svc.gallery.list_people("default", offset=0, limit=1000)[0]} if (
+        "default" in {g.name for g in svc.gallery.list_galleries()}) else set()
+    photos = {
+        "barack_obama": [images / "obama.jpg", images / "obama2.jpg"],
+        "lin_manuel_miranda": [clip_dir / "enroll" / "lin_manuel_miranda.png"],
+        "alex_lacamoire": [clip_dir / "enroll" / "alex_lacamoire.png"],
+    }
+    for name, files in photos.items():
+        if name not in have:
+            svc.recognizer.enroll("default", name, [f.read_bytes() for f in files], sources=[f.name for f in files])
+    return server
+
+
+@pytest.fixture()
 def new_page(browser):
     """new_page(**context_options) -> a page in a fresh context; uncaught page errors fail the test."""
     contexts = []
@@ -229,8 +250,8 @@ def test_gallery_add_rename_delete_person(server, new_page, images, clip_dir):
     assert "People in default (3)" in page.inner_text("#people-title")
 
 
-def test_photo_shows_names_boxes_attributes_and_json(server, new_page, images):
-    _, url = server
+def test_photo_shows_names_boxes_attributes_and_json(people, new_page, images):
+    _, url = people
     page = new_page()
     page.goto(url + "/ui/photo")
     page.wait_for_selector("#gallery-select option", state="attached")
@@ -281,8 +302,8 @@ def test_invalid_uploads_show_plain_errors(server, new_page, tmp_path):
     assert "not supported" in msg and ".txt" in msg
 
 
-def test_video_upload_progress_stream_and_timeline(server, new_page, clip_dir, tmp_path):
-    _, url = server
+def test_video_upload_progress_stream_and_timeline(people, new_page, clip_dir, tmp_path):
+    _, url = people
     page = new_page()
     page.goto(url + "/ui/video")
     page.wait_for_selector("#gallery-select option", state="attached")
@@ -300,8 +321,26 @@ def test_video_upload_progress_stream_and_timeline(server, new_page, clip_dir, t
     assert any(a <= 82 / 29.97 + 0.5 and b >= 210 / 29.97 - 0.5 for a, b in spans), spans
     obama = page.locator('.tl-row[data-person="barack_obama"] .tl-seg').first
     assert float(obama.get_attribute("data-start")) >= 205 / 29.97
-    # the annotated stream shows frames; the annotated video downloads
-    _poll(page, lambda: page.eval_on_selector("#stream", "i => i.naturalWidth") == 640, "the stream shows no frame")
+    # the finished job plays its annotated H.264 video in a <video> tag; a timeline bar seeks it
+    assert page.evaluate("document.createElement('video').canPlayType('video/mp4; codecs=\"avc1.42E01E\"')")
+    _poll(page, lambda: page.eval_on_selector("#annotated", "v => v.readyState >= 1 && v.videoWidth") == 640,
+          "the annotated video does not load")
+    assert page.is_hidden("#stream") and page.is_visible("#annotated")
+    duration = page.eval_on_selector("#annotated", "v => v.duration")
+    assert abs(duration - 275 / 29.97) < 0.2, duration
+    obama_start = float(obama.get_attribute("data-start"))
+    obama.click()
+    seeked = f"v => v.readyState >= 2 && v.currentTime >= {obama_start - 0.05}"
+    _poll(page, lambda: page.eval_on_selector("#annotated", seeked), "the timeline does not seek")
+    page.eval_on_selector("#annotated", "v => v.pause()")
+    # the MJPEG stream (for <img> tags, like the original /video_feed) shows the annotated frames
+    job_path = "location.hash.replace('#job=', '/api/v1/videos/')"
+    stream_url = page.evaluate(f"async () => (await FR.api({job_path})).stream_url")
+    add_img = "u => { const i = document.createElement('img'); i.id = 'probe'; i.src = u; document.body.append(i); }"
+    page.evaluate(add_img, stream_url)
+    _poll(page, lambda: page.eval_on_selector("#probe", "i => i.naturalWidth") == 640, "the stream shows no frame")
+    page.evaluate("document.getElementById('probe').remove()")
+    # the annotated video downloads
     with page.expect_download() as dl:
         page.click("#video-download")
     assert dl.value.suggested_filename == "short_hamilton_clip-annotated.mp4"
@@ -326,8 +365,8 @@ def test_video_upload_progress_stream_and_timeline(server, new_page, clip_dir, t
     _no_horizontal_overflow(page)
 
 
-def test_webcam_sends_frames_and_draws_names(server, new_page):
-    _, url = server
+def test_webcam_sends_frames_and_draws_names(people, new_page):
+    _, url = people
     page = new_page()
     page.goto(url + "/ui/webcam")
     page.wait_for_selector("#gallery-select option", state="attached")
@@ -386,7 +425,10 @@ def test_with_api_keys_the_page_asks_for_a_key(keyed_server, new_page, images, c
     page.wait_for_selector("#stream-panel:not([hidden])")
     assert "token=" in page.get_attribute("#stream", "src")
     page.wait_for_selector('.tl-row[data-person="lin_manuel_miranda"]', timeout=VIDEO_TIMEOUT_MS)
-    _poll(page, lambda: page.eval_on_selector("#stream", "i => i.naturalWidth") == 640, "the stream shows no frame")
+    # nor can the <video> tag of the finished job: its URL carries the token too
+    assert "token=" in page.get_attribute("#annotated", "src")
+    _poll(page, lambda: page.eval_on_selector("#annotated", "v => v.readyState >= 1 && v.videoWidth") == 640,
+          "the annotated video does not load")
     # a key that stops working brings the prompt back with the reason
     page.evaluate("sessionStorage.setItem('facerec.apiKey', 'revoked-key')")
     page.goto(url + "/ui/gallery")

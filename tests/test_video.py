@@ -472,6 +472,13 @@ def test_http_upload_status_frames_tracks_video_stream(video_client, short_clip)
     assert crop.status_code == 200 and crop.data[:2] == b"\xff\xd8"
     v = c.get(f"/api/v1/videos/{job_id}/video")
     assert v.status_code == 200 and v.mimetype == "video/mp4" and len(v.data) > 1000
+    assert "attachment" not in v.headers.get("Content-Disposition", "")  # inline: a <video> tag plays it
+    assert v.data[4:8] == b"ftyp" and v.data.find(b"moov") < v.data.find(b"mdat")  # faststart
+    assert _codec_of(v.data) == "h264"
+    part = c.get(f"/api/v1/videos/{job_id}/video", headers={"Range": "bytes=0-99"})
+    assert part.status_code == 206 and len(part.data) == 100 and part.data == v.data[:100]  # seekable
+    dl = c.get(f"/api/v1/videos/{job_id}/video?download=true")
+    assert dl.headers["Content-Disposition"].startswith("attachment") and dl.data == v.data
     st = c.get(f"/api/v1/videos/{job_id}/stream")
     assert st.status_code == 200 and st.mimetype == "multipart/x-mixed-replace"
     assert next(iter(st.response)).startswith(b"--frame")
@@ -479,6 +486,13 @@ def test_http_upload_status_frames_tracks_video_stream(video_client, short_clip)
     d = c.delete(f"/api/v1/videos/{job_id}?purge=true").get_json()
     assert d["deleted"] is True
     assert c.get(f"/api/v1/videos/{job_id}").status_code == 404
+
+
+def _codec_of(mp4: bytes) -> str:
+    import av
+
+    with av.open(io.BytesIO(mp4)) as c:
+        return c.streams.video[0].codec_context.name
 
 
 def test_http_base64_upload_and_errors(video_client, short_clip):
@@ -527,6 +541,70 @@ def test_http_with_api_keys_scopes_jobs_and_needs_the_stream_token(video_rec, cl
         assert st.status_code == 200
         st.close()
         app.extensions[videos.EXTENSION].wait(job["job_id"], timeout=60)
+        # the annotated video: a key header, or the job's token for a <video> tag; nothing else
+        vpath = f"/api/v1/videos/{job['job_id']}/video"
+        assert job["video_url"] == vpath + "?token=" + job["stream_url"].split("token=")[1]
+        assert c.get(vpath).status_code == 401
+        assert c.get(vpath + "?token=wrong").status_code == 401
+        assert c.get(vpath, headers={"X-API-Key": other}).status_code == 403
+        assert c.get(vpath, headers={"X-API-Key": user}).status_code == 200
+        v = c.get(job["video_url"])
+        assert v.status_code == 200 and _codec_of(v.data) == "h264"
     finally:
         app.extensions[videos.EXTENSION].shutdown(wait=True, cancel_running=True)
         svc.close()
+
+
+@pytest.mark.parametrize("codec,size", [("h264", (64, 48)), ("h264", (65, 47)), ("mp4v", (64, 48))])
+def test_video_writer_codecs(tmp_path, codec, size):
+    """H.264 (browsers play it) by default, any OpenCV FOURCC on request; odd sizes are padded for yuv420p."""
+    import av
+
+    from modules.video.io import VideoWriter
+
+    path = tmp_path / "v.mp4"
+    w = VideoWriter(path, 25.0, size, codec)
+    for i in range(10):
+        w.write(np.full((size[1], size[0], 3), 20 * i, np.uint8))
+    w.close()
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        assert s.codec_context.name == ("h264" if codec == "h264" else "mpeg4")
+        assert (s.width, s.height) == ((size[0] + size[0] % 2, size[1] + size[1] % 2) if codec == "h264" else size)
+        frames = [f.to_ndarray(format="gray") for f in c.decode(s)]
+    assert len(frames) == 10
+    assert [round(float(np.median(f)) / 20) for f in frames] == list(range(10))  # in order, none lost
+
+
+def test_h264_segments_concatenate_without_reencoding(tmp_path):
+    import av
+
+    from modules.video.chunks import concat_videos
+    from modules.video.io import VideoWriter
+
+    segs = []
+    for k in range(3):
+        p = tmp_path / f"s{k}.mp4"
+        w = VideoWriter(p, 25.0, (64, 48))
+        for i in range(7):
+            w.write(np.full((48, 64, 3), 10 * (7 * k + i), np.uint8))
+        w.close()
+        segs.append(p)
+    assert concat_videos(segs, tmp_path / "all.mp4") == "pyav"
+    with av.open(str(tmp_path / "all.mp4")) as c:
+        s = c.streams.video[0]
+        assert s.codec_context.name == "h264"
+        frames = [f.to_ndarray(format="gray") for f in c.decode(s)]
+    assert [round(float(np.median(f)) / 10) for f in frames] == list(range(21))
+
+
+def test_video_codec_is_validated():
+    from pydantic import ValidationError
+
+    from modules.video.config import VideoConfig
+
+    assert VideoConfig().video_codec == "h264"
+    assert VideoConfig(video_codec="mp4v").video_codec == "mp4v"
+    for bad in ("h26", "h2644", "../x"):
+        with pytest.raises(ValidationError):
+            VideoConfig(video_codec=bad)

@@ -64,6 +64,24 @@ def visible(galleries: Iterable[Any]) -> list[Any]:
     return [x for x in galleries if key is None or key.allows(x.name)]
 
 
+def authenticate() -> ApiKey | None:
+    """Check the request's key header and remember the key (``None`` when keys are off).
+
+    Called for every non-public view; public views that also accept a key call it themselves.
+    """
+    service = get_service()
+    if service.keys is None:
+        return None
+    presented = request.headers.get(HEADER)
+    if not presented:
+        raise UnauthorizedError(f"this endpoint needs an API key in the {HEADER} header")
+    key = service.keys.verify(presented)
+    if key is None:
+        raise UnauthorizedError("the API key is not valid (unknown, malformed or revoked)")
+    g.api_key = key
+    return key
+
+
 def _check_request() -> None:
     service = get_service()
     if service.keys is None or request.endpoint is None:  # keys off, or 404/405 on the way
@@ -73,13 +91,7 @@ def _check_request() -> None:
     view = current_app.view_functions.get(request.endpoint)
     if view is None or getattr(view, "_facerec_public", False):
         return
-    presented = request.headers.get(HEADER)
-    if not presented:
-        raise UnauthorizedError(f"this endpoint needs an API key in the {HEADER} header")
-    key = service.keys.verify(presented)
-    if key is None:
-        raise UnauthorizedError("the API key is not valid (unknown, malformed or revoked)")
-    g.api_key = key
+    authenticate()
     gallery = (request.view_args or {}).get("gallery")
     if isinstance(gallery, str):
         authorize_gallery(gallery)

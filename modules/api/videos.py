@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import InvalidRequestError, NotFoundError, UnauthorizedError
 from ..video.config import VideoConfig
 from ..video.jobs import MJPEG_MIMETYPE, JobLimits, JobManager, validate_job_id
-from .auth import authorize_gallery, current_key, public
+from .auth import authenticate, authorize_gallery, current_key, public
 from .common import COMMON_ERRORS, CONFLICT, NOT_FOUND, SECURITY, UNAVAILABLE
 from .inputs import decode_base64
 from .schemas import ErrorResponse
@@ -75,6 +75,10 @@ class DeleteQuery(_In):
 
 class StreamQuery(_In):
     token: str | None = Field(None, max_length=100, description="the job's stream_token (needed when API keys are on)")
+
+
+class VideoQuery(StreamQuery):
+    download: bool = Field(False, description="send it as an attachment (a file to save) rather than inline")
 
 
 class CropPath(JobPath):
@@ -162,14 +166,21 @@ def _job_for_caller(job_id: str) -> dict[str, Any]:
     return job
 
 
+def _check_stream_token(job_id: str, token: str | None) -> None:
+    expected = get_manager().stream_token(job_id)
+    if not token or not expected or not hmac.compare_digest(token, expected):
+        raise UnauthorizedError("this URL needs the job's stream_token as ?token= (or an API key header)")
+
+
 def _with_links(job: dict[str, Any]) -> dict[str, Any]:
     base = f"{API_PREFIX}/videos/{job['job_id']}"
     links = {"self": base, "frames": f"{base}/frames", "tracks": f"{base}/tracks", "video": f"{base}/video"}
-    stream = f"{base}/stream"
+    stream, video = f"{base}/stream", f"{base}/video"
     if get_service().keys is not None:
-        stream += f"?token={get_manager().stream_token(job['job_id'])}"
+        token = f"?token={get_manager().stream_token(job['job_id'])}"
+        stream, video = stream + token, video + token
     links["stream"] = stream
-    return {**job, "links": links, "stream_url": stream}
+    return {**job, "links": links, "stream_url": stream, "video_url": video}
 
 
 def _read_upload(limit: int) -> tuple[Any, str | None, dict[str, Any]]:
@@ -330,12 +341,23 @@ def create_blueprint(
         operation_id="get_video_annotated",
         responses={200: MP4_RESPONSE, **NOT_FOUND, **CONFLICT},
     )
-    def get_video_annotated(path: JobPath):
-        """Download the annotated video (409 until the job is done)"""
-        _job_for_caller(path.job_id)
-        p = get_manager().video_path(path.job_id)
+    @public
+    def get_video_annotated(path: JobPath, query: VideoQuery):
+        """The annotated video, H.264 MP4 (409 until the job is done)
+
+        Range requests are served, so a `<video>` tag can play and seek it. With API keys on, send a key
+        as usual or pass the job's `stream_token` as `?token=` (a `<video>` tag cannot send headers).
+        `?download=true` asks the browser to save it.
+        """
+        job_id = validate_job_id(path.job_id)
+        if get_service().keys is not None and query.token is not None:
+            _check_stream_token(job_id, query.token)
+        else:
+            authenticate()
+            _job_for_caller(job_id)
+        p = get_manager().video_path(job_id)
         return send_file(
-            p, mimetype="video/mp4", as_attachment=True, download_name=f"{path.job_id}.mp4", conditional=True
+            p, mimetype="video/mp4", as_attachment=query.download, download_name=f"{job_id}.mp4", conditional=True
         )
 
     @bp.get(
@@ -362,9 +384,7 @@ def create_blueprint(
         mgr = get_manager()
         job_id = validate_job_id(path.job_id)
         if get_service().keys is not None:
-            expected = mgr.stream_token(job_id)
-            if not query.token or not expected or not hmac.compare_digest(query.token, expected):
-                raise UnauthorizedError("the stream needs the job's stream_token as ?token=")
+            _check_stream_token(job_id, query.token)
         gen = mgr.stream(job_id)
         resp = Response(stream_with_context(gen), mimetype=MJPEG_MIMETYPE)
         resp.headers["Cache-Control"] = "no-cache, no-store"

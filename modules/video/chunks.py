@@ -483,7 +483,7 @@ def render_range(
     end: int | None,
     frames: list[dict[str, Any]],
     out_path: str | Path,
-    codec: str = "mp4v",
+    codec: str = "h264",
     *,
     stop: threading.Event | None = None,
     progress: Callable[[int], None] | None = None,
@@ -535,7 +535,7 @@ def concat_videos(paths: list[str | Path], out_path: str | Path) -> str:
 def _concat_pyav(paths: list[str | Path], out_path: Path) -> None:
     import av
 
-    with av.open(str(out_path), "w", format="mp4") as out:
+    with av.open(str(out_path), "w", format="mp4", options={"movflags": "+faststart"}) as out:
         ostream = None
         offset = 0  # in the output stream's time base
         for p in paths:
@@ -568,7 +568,8 @@ def _concat_opencv(paths: list[str | Path], out_path: Path) -> None:
             cap, info = open_capture(p)
             try:
                 if writer is None:
-                    writer = VideoWriter(out_path, info.fps, (info.width, info.height))
+                    # the path without PyAV, so OpenCV's own MPEG-4 encoder
+                    writer = VideoWriter(out_path, info.fps, (info.width, info.height), "mp4v")
                 while True:
                     ok, frame = cap.read()
                     if not ok:

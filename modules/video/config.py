@@ -127,7 +127,13 @@ class VideoConfig(BaseModel):
 
     # --- output -----------------------------------------------------------------------------------
     write_video: bool = True
-    video_codec: str = Field("mp4v", min_length=4, max_length=4, description="FOURCC of the annotated video")
+    video_codec: str = Field(
+        "h264",
+        min_length=4,
+        max_length=4,
+        pattern=r"^[0-9A-Za-z ]{4}$",
+        description="annotated video codec: h264 (PyAV/libx264, plays in browsers) or an OpenCV FOURCC such as mp4v",
+    )
     save_crops: bool = Field(True, description="best crop of every named track under OUT_DIR/<name>/")
     save_unknown_crops: bool = Field(
         False, description="also keep the best crop of unknown tracks under OUT_DIR/unknown/"

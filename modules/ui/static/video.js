@@ -9,6 +9,7 @@
   const bar = $("#progress");
   const barText = $("#progress-text");
   const streamImg = $("#stream");
+  const player = $("#annotated");
   const POLL_MS = 500;
   const FRAMES_PAGE = 10000;
   let current = null; // {job, timeline}
@@ -31,6 +32,11 @@
     $("#timeline").replaceChildren();
     $("#tracks").replaceChildren();
     streamImg.removeAttribute("src");
+    streamImg.hidden = false;
+    player.pause();
+    player.removeAttribute("src");
+    player.hidden = true;
+    player.load();
   }
 
   // --- the timeline -----------------------------------------------------------------------------
@@ -99,6 +105,7 @@
         const seg = el("div", {
           class: "tl-seg", title: `${p.name}: ${fmtTime(s.start_s)} – ${fmtTime(s.end_s)} (frames ${s.start_frame}–${s.end_frame})`,
           dataset: { start: s.start_s, end: s.end_s },
+          onclick: () => seek(s.start_s),
         });
         seg.style.left = pct(s.start_s, D);
         seg.style.width = `max(3px, ${pct(s.duration_s, D)})`;
@@ -195,7 +202,29 @@
     $("#stream-panel").hidden = false;
     const url = job.stream_url || (job.links && job.links.stream);
     if (!url) return;
+    player.pause();
+    player.hidden = true;
+    streamImg.hidden = false;
     streamImg.src = replay ? url + (url.includes("?") ? "&" : "?") + "replay=" + Date.now() : url;
+  }
+
+  /** The finished job's annotated H.264 video in a <video> tag (seekable); the MJPEG replay if it cannot play. */
+  function showVideo(job) {
+    const url = job.video_url || (job.links && job.links.video);
+    if (!url) return;
+    $("#stream-panel").hidden = false;
+    streamImg.removeAttribute("src"); // closes the MJPEG connection
+    streamImg.hidden = true;
+    player.hidden = false;
+    player.onerror = () => { if (current && current.job.job_id === job.job_id) showStream(job, true); };
+    player.src = url;
+  }
+
+  function seek(seconds) {
+    if (player.hidden || !player.getAttribute("src")) return;
+    player.currentTime = Math.max(0, seconds);
+    player.play().catch(() => {});
+    player.scrollIntoView({ block: "nearest", behavior: "smooth" });
   }
 
   async function loadFrames(id) {
@@ -224,7 +253,8 @@
     renderTracks(job, tracks, fps);
     $("#timeline-panel").hidden = false;
     $("#video-download").disabled = job.status !== "done" && job.status !== "cancelled";
-    $("#stream-replay").hidden = false;
+    if (job.status === "done") showVideo(job);
+    $("#stream-replay").hidden = job.status === "done";
     setProgress(1, describeJob(job));
   }
 
@@ -314,7 +344,7 @@
   $("#video-download").addEventListener("click", () => busy($("#video-download"), async () => {
     if (!current) return;
     notify("Downloading the annotated video…");
-    const blob = await api(`${jobPath(current.job.job_id)}/video`, { as: "blob" });
+    const blob = await api(`${jobPath(current.job.job_id)}/video`, { query: { download: true }, as: "blob" });
     const base = (current.job.filename || "video").replace(/\.[^.]+$/, "");
     FR.saveBlob(blob, `${base}-annotated.mp4`);
     notify("");
