@@ -98,6 +98,18 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+def enroll_extra_photos(rec: Any, pairs: list[str], labels: dict[str, Any], gallery: str = "default") -> dict:
+    """``NAME=PHOTO`` pairs: one more photo for a person of ``labels.json`` (never someone new)."""
+    added: dict[str, list[str]] = defaultdict(list)
+    for pair in pairs:
+        name, sep, photo = pair.partition("=")
+        if not sep or name not in labels["enroll"]:
+            raise SystemExit(f"--also-enroll wants NAME=PHOTO with NAME one of {sorted(labels['enroll'])}: {pair!r}")
+        rec.enroll(gallery, name, [Path(photo)], sources=[photo])
+        added[name].append(Path(photo).name)
+    return dict(added)
+
+
 def enroll_clip_people(rec: Any, clip_dir: Path, labels: dict[str, Any], gallery: str = "default") -> None:
     for person, rels in labels["enroll"].items():
         paths = [Path(clip_dir) / r for r in rels]
@@ -203,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-1080p", action="store_true")
     ap.add_argument("--runs", type=int, default=2, help="speed runs of our pipeline (the best is reported)")
     ap.add_argument("--keep", type=Path, default=None, help="write the outputs here instead of a temporary folder")
+    ap.add_argument(
+        "--also-enroll",
+        action="append",
+        default=[],
+        metavar="NAME=PHOTO",
+        help="enroll one more photo of a labelled person (repeatable); the report says so",
+    )
     args = ap.parse_args(argv)
 
     from modules.recognizer import FaceRecognizer
@@ -220,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         rec = FaceRecognizer(args.config, gallery=Path(tmp) / "gallery.db")
         enroll_clip_people(rec, clip_dir, labels)
+        extra = enroll_extra_photos(rec, args.also_enroll, labels)
+        if extra:
+            result["also_enrolled"] = extra
         result["model"] = rec.model_id
         result["video_config"] = vcfg.model_dump()
         # warm-up (model first-run costs), not timed
