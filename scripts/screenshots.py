@@ -139,14 +139,18 @@ def main(argv: list[str] | None = None) -> int:
                 page.wait_for_selector("#photo-result:not([hidden])")
                 take(page, args.out, "photo", max_height=940)
 
-                # video: progress, annotated stream, timeline
+                # video: progress, annotated video, timeline
                 page.goto(url + "/ui/video")
                 page.wait_for_selector("#gallery-select option", state="attached")
                 page.set_input_files("#video-file", str(clip))
                 page.click("#video-submit")
                 page.wait_for_selector("#timeline-panel:not([hidden])", timeout=180_000)
-                page.click("#stream-replay")
-                page.wait_for_timeout(6500)  # a frame from the Miranda close-up
+                # the finished job's annotated video, paused on a frame of the Miranda close-up
+                page.wait_for_selector("#annotated:not([hidden])")
+                page.eval_on_selector("#annotated", "v => { v.muted = true; v.currentTime = 5.0; }")
+                page.wait_for_function("() => { const v = document.querySelector('#annotated');"
+                                       " return v.readyState >= 2 && !v.seeking && v.currentTime >= 4.9; }")
+                page.wait_for_timeout(500)
                 take(page, args.out, "video", max_height=1500)
 
                 # webcam: the fake camera plays knn_test__kit_with_rose.jpg
