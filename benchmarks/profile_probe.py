@@ -1,6 +1,6 @@
 """How well each available recognizer tells the clip's profile close-up from strangers.
 
-    python -m benchmarks.profile_probe [CLIP_DIR] [--segment alex_lacamoire] [--no-dlib]
+    python -m benchmarks.profile_probe [CLIP_DIR] [--segment alex_lacamoire] [--no-dlib] [--photo PATH ...]
 
 The hamilton clip's required profile segment (Alex Lacamoire, frames 20-44 of
 ``labels.json``) is a full profile close-up; his only enrollment photo is frontal.
@@ -13,7 +13,8 @@ recognizer this prints, against each enrolled person's photo:
 * ``strangers``: the audience faces' best similarity to his photo;
 * ``frames_separable``: frames where his own score beats both, and by how much at least;
 * ``track_mean``: the mean embedding of his first 5 and of all frames (what the video
-  pipeline's ``mean`` decision compares), against his photo and the best other person.
+  pipeline's ``mean`` decision compares), against his photo and the best other person,
+  and against each ``--photo`` (other photos of him, not enrolled).
 
 Recognizers: SFace (the default, plain and with a 3-scale test-time augmentation), the
 opt-in ``w600k_mbf`` (non-commercial weights) and dlib's ResNet from
@@ -33,8 +34,8 @@ import cv2
 import numpy as np
 
 from benchmarks.video import DEFAULT_CLIP_DIR, load_labels
-from modules.alignment import ARCFACE_TEMPLATE, similarity_transform
-from modules.embedders.base import ALIGNED_SIZE, l2_normalize
+from modules.alignment import Aligner
+from modules.embedders.base import l2_normalize
 from modules.face import Face
 from modules.recognizer import FaceRecognizer
 
@@ -58,24 +59,24 @@ def read_frames(clip: Path, first: int, last: int) -> list[np.ndarray]:
     return frames
 
 
-def aligned(image: np.ndarray, face: Face, scales: tuple[float, ...] = (1.0,)) -> np.ndarray:
-    centre = ALIGNED_SIZE / 2
-    crops = []
-    for s in scales:
-        m = similarity_transform(np.asarray(face.landmarks, np.float32), (ARCFACE_TEMPLATE - centre) * s + centre)
-        crops.append(cv2.warpAffine(image, m, (ALIGNED_SIZE, ALIGNED_SIZE), borderValue=0))
-    return np.stack(crops)
+Shot = tuple[np.ndarray, list[Face]]  # an image and its faces, largest first
+
+
+def detect(detector: FaceRecognizer, image: np.ndarray) -> Shot:
+    return image, sorted(detector.detect(image), key=lambda f: f.size, reverse=True)
 
 
 class ArcFaceProbe:
     """An embedder of this project, optionally averaged over a few crop scales."""
 
     def __init__(self, rec: FaceRecognizer, scales: tuple[float, ...] = (1.0,)):
-        self.rec, self.scales = rec, scales
+        self.rec = rec
+        self.aligners = [Aligner(zoom=s) for s in scales]
         self.threshold_for = rec.config.matching.identify_threshold_for
 
     def embed(self, image: np.ndarray, face: Face, gallery: bool) -> np.ndarray:
-        e = self.rec.embedder.embed(aligned(image, face, self.scales), flip=None if gallery else False)
+        crops = np.stack([a.align(image, np.asarray(face.landmarks, np.float32)) for a in self.aligners])
+        e = self.rec.embedder.embed(crops, flip=None if gallery else False)
         return l2_normalize(e.mean(axis=0))
 
     @staticmethod
@@ -115,16 +116,11 @@ def stat(a: np.ndarray) -> dict[str, float]:
 
 
 def probe(
-    name: str, model: Any, detector: FaceRecognizer, labels: dict, clip_dir: Path, person: str, frames: list[np.ndarray]
+    name: str, model: Any, enrolled: dict[str, Shot], person: str, frames: list[Shot], photos: dict[str, Shot]
 ) -> dict[str, Any]:
-    gallery = {}
-    for who, files in labels["enroll"].items():
-        img = cv2.imread(str(clip_dir / files[0]))
-        face = max(detector.detect(img), key=lambda f: f.size)
-        gallery[who] = model.embed(img, face, gallery=True)
+    gallery = {who: model.embed(img, faces[0], gallery=True) for who, (img, faces) in enrolled.items()}
     genuine, impostor, strangers, embs = [], [], [], []
-    for frame in frames:
-        faces = sorted(detector.detect(frame), key=lambda f: f.size, reverse=True)
+    for frame, faces in frames:
         if not faces:
             continue
         e = model.embed(frame, faces[0], gallery=False)
@@ -137,11 +133,13 @@ def probe(
     sep = g - np.maximum(imp, st)
     track = {}
     if isinstance(model, ArcFaceProbe):  # what the video pipeline's `mean` decision sees
+        extra = {f: model.embed(img, faces[0], gallery=True) for f, (img, faces) in photos.items()}
         for n in (5, len(embs)):
             m = l2_normalize(np.mean(embs[:n], axis=0))
             track[f"first_{n}"] = {
                 "genuine": round(model.similarity(m, gallery[person]), 3),
                 "best_other_person": round(max(model.similarity(m, v) for k, v in gallery.items() if k != person), 3),
+                **{f"photo {f}": round(model.similarity(m, v), 3) for f, v in extra.items()},
             }
     return {
         "recognizer": name,
@@ -162,11 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("clip_dir", nargs="?", type=Path, default=DEFAULT_CLIP_DIR)
     ap.add_argument("--segment", default="alex_lacamoire", help="identity of the required segment to probe")
     ap.add_argument("--no-dlib", action="store_true")
+    ap.add_argument(
+        "--photo", action="append", default=[], type=Path, help="another photo of the person: track means against it"
+    )
     args = ap.parse_args(argv)
     labels = load_labels(args.clip_dir)
     seg = next(s for s in labels["segments"] if s["identity"] == args.segment and s.get("required"))
-    frames = read_frames(args.clip_dir / labels["video"], seg["start_frame"], seg["end_frame"])
     sface = FaceRecognizer.from_config(ROOT / "configs" / "sface.yaml")
+    clip = args.clip_dir / labels["video"]
+    frames = [detect(sface, f) for f in read_frames(clip, seg["start_frame"], seg["end_frame"])]
+    enrolled = {who: detect(sface, cv2.imread(str(args.clip_dir / f[0]))) for who, f in labels["enroll"].items()}
+    photos = {p.name: detect(sface, cv2.imread(str(p))) for p in args.photo}
     models: list[tuple[str, Any]] = [
         ("sface", ArcFaceProbe(sface)),
         ("sface + 3-scale TTA", ArcFaceProbe(sface, TTA_SCALES)),
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             models.append(("dlib resnet (face_recognition)", DlibProbe()))
         except ImportError as exc:
             print(f"dlib skipped: {exc}", file=sys.stderr)
-    rows = [probe(n, m, sface, labels, args.clip_dir, args.segment, frames) for n, m in models]
+    rows = [probe(n, m, enrolled, args.segment, frames, photos) for n, m in models]
     print(f"{args.segment}, frames {seg['start_frame']}-{seg['end_frame']} ({seg.get('note', '')})")
     print(
         f"{'recognizer':36} {'thr':>5} {'genuine mean [min, max]':>25} {'other person max':>17}"
@@ -201,9 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     for r in rows:
         for k, v in r["track_mean"].items():
+            more = "".join(f", {sim:.3f} {what}" for what, sim in v.items() if what.startswith("photo "))
             print(
                 f"{r['recognizer']:36} track mean of {k.replace('_', ' ')} frames: {v['genuine']:.3f} his photo,"
-                f" {v['best_other_person']:.3f} the best other person"
+                f" {v['best_other_person']:.3f} the best other person{more}"
             )
     print(json.dumps({"segment": seg, "results": rows}))
     return 0

@@ -44,11 +44,15 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray = ARCFACE_TEMPLATE) ->
 
 
 class Aligner:
-    """Warps a face onto the ArcFace template from its 5 landmarks."""
+    """Warps a face onto the ArcFace template from its 5 landmarks.
 
-    def __init__(self, size: int = ALIGNED_SIZE):
+    ``zoom`` scales the template about the crop's centre (above 1 the face fills more of the crop).
+    """
+
+    def __init__(self, size: int = ALIGNED_SIZE, zoom: float = 1.0):
         self.size = size
-        self.template = ARCFACE_TEMPLATE * (size / ALIGNED_SIZE)
+        centre = ALIGNED_SIZE / 2
+        self.template = ((ARCFACE_TEMPLATE - centre) * zoom + centre) * (size / ALIGNED_SIZE)
 
     def align(self, image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         m = similarity_transform(landmarks, self.template)

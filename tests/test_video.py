@@ -512,6 +512,8 @@ def test_http_upload_status_frames_tracks_video_stream(video_client, short_clip)
     assert part.status_code == 206 and len(part.data) == 100 and part.data == v.data[:100]  # seekable
     dl = c.get(f"/api/v1/videos/{job_id}/video?download=true")
     assert dl.headers["Content-Disposition"].startswith("attachment") and dl.data == v.data
+    bad = c.get(f"/api/v1/videos/{job_id}/video?download=maybe")
+    assert bad.status_code in (400, 422) and "error" in bad.get_json()
     st = c.get(f"/api/v1/videos/{job_id}/stream")
     assert st.status_code == 200 and st.mimetype == "multipart/x-mixed-replace"
     assert next(iter(st.response)).startswith(b"--frame")

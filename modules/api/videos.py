@@ -169,7 +169,7 @@ def _job_for_caller(job_id: str) -> dict[str, Any]:
 def _check_stream_token(job_id: str, token: str | None) -> None:
     expected = get_manager().stream_token(job_id)
     if not token or not expected or not hmac.compare_digest(token, expected):
-        raise UnauthorizedError("this URL needs the job's stream_token as ?token= (or an API key header)")
+        raise UnauthorizedError("the job's stream_token (?token=) is missing or wrong")
 
 
 def _with_links(job: dict[str, Any]) -> dict[str, Any]:

@@ -187,7 +187,6 @@ class _H264Encoder:
         self._av = av
         rate = Fraction(float(fps)).limit_denominator(1001) if fps > 0 else Fraction(int(DEFAULT_FPS))
         # yuv420p needs even sides: odd frames get one black row/column
-        self.size = size
         self._pad = (size[0] % 2, size[1] % 2)
         try:
             self._out = av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"})
@@ -227,7 +226,6 @@ class VideoWriter:
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int], codec: str = "h264", queue_size: int = 16):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.codec = codec
         if codec.lower() in H264_CODECS:
             self._encoder: _OpenCVEncoder | _H264Encoder = _H264Encoder(self.path, fps, size)
         else:
