@@ -1,0 +1,15 @@
+"""keys: the baseline, the schema as it was when migrations moved to Alembic.
+
+A new database gets the current tables from the store's metadata and is stamped at the head; a
+database written before is recognised by the store's legacy check and stamped here.
+
+Revision ID: keys_0001
+"""
+revision = "keys_0001"
+down_revision = None
+branch_labels = ("keys",)
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
