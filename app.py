@@ -8,7 +8,7 @@ the models).  Video jobs run inside this process unless ``--queue-url`` (or
 ``QUEUE_URL``) names a Redis server: then ``python -m modules.worker
 --queue-url ...`` processes, on any machines, run them (see docs/queue.md).
 ``app`` is also exposed for other servers, configured with ``FACEREC_*``
-environment variables (see ``modules/api/settings.py``):
+environment variables (see ``modules/settings.py``):
 
     gunicorn -c gunicorn.conf.py app:app      # several worker processes
     flask --app app run                       # development
@@ -22,9 +22,9 @@ import logging
 import sys
 from typing import Any
 
-from modules.api import Settings, create_app
-from modules.api.settings import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
+from modules.api import create_app
 from modules.errors import FaceRecError
+from modules.settings import load_settings
 
 _app: Any = None
 
@@ -35,7 +35,7 @@ def __getattr__(name: str) -> Any:
     if name in ("app", "application"):
         if _app is None:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-            _app = create_app(Settings.from_env())
+            _app = create_app(load_settings())
         return _app
     raise AttributeError(name)
 
@@ -44,9 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Serve the face recognition API.")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     ap.add_argument("--port", type=int, default=5000, help="port (default 5000; 0 picks a free one)")
-    ap.add_argument("--data-dir", default="./data", help="holds the gallery database and job files (default ./data)")
+    ap.add_argument("--data-dir", default=None, help="holds the gallery database and job files (default ./data)")
     ap.add_argument("--config", default=None, help="embedder config (default configs/sface.yaml)")
-    ap.add_argument("--api-keys", action="store_true", help="require X-API-Key (python -m modules.api.keys create ...)")
+    ap.add_argument("--api-keys", action="store_true", default=None,
+                    help="require X-API-Key (python -m modules.api.keys create ...)")
     ap.add_argument("--database-url", default=None,
                     help="gallery (and video job) database, e.g. postgresql://... (default: $DATABASE_URL,"
                          " else SQLite in the data dir)")
@@ -57,8 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="video job files, shared with the workers (default <data-dir>/jobs)")
     ap.add_argument("--chunk-seconds", type=float, default=None,
                     help="split videos at least twice this long into chunks of about this length (default 60; 0 = never)")
-    ap.add_argument("--max-upload-bytes", type=int, default=DEFAULT_MAX_UPLOAD_BYTES, help="largest request body")
-    ap.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest decoded image, in pixels")
+    ap.add_argument("--max-upload-bytes", type=int, default=None, help="largest request body (default 20 MB)")
+    ap.add_argument("--max-pixels", type=int, default=None, help="largest decoded image, in pixels (default 40 Mpx)")
     ap.add_argument("--threads", type=int, default=8, help="request threads (default 8)")
     ap.add_argument("--log-level", default="INFO")
     return ap.parse_args(argv)
@@ -68,17 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        from modules.gallery import resolve_database_url
-        from modules.worker import queue_url_from_env
-
-        settings = Settings(
+        settings = load_settings(
             data_dir=args.data_dir,
             config=args.config,
             api_keys=args.api_keys,
             max_upload_bytes=args.max_upload_bytes,
             max_pixels=args.max_pixels,
-            gallery_url=resolve_database_url(args.database_url),
-            queue_url=queue_url_from_env(args.queue_url),
+            gallery_url=args.database_url,
+            queue_url=args.queue_url,
             storage_dir=args.storage_dir,
             video_chunk_seconds=args.chunk_seconds,
         )

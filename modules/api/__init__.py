@@ -30,7 +30,7 @@ from .errors import register_error_handlers, validation_error_response
 from .keys import KeyStore
 from .schemas import ErrorResponse
 from .service import EXTENSION, FaceRecService, get_service
-from .settings import Settings
+from ..settings import Settings
 
 __all__ = ["API_VERSION", "FaceRecService", "Settings", "create_app", "get_service"]
 

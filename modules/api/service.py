@@ -19,7 +19,7 @@ from ..images import decode_image
 from ..recognizer import FaceRecognizer
 from .inputs import Upload
 from .keys import KeyStore
-from .settings import Settings
+from ..settings import Settings
 
 EXTENSION = "facerec"
 

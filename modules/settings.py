@@ -1,0 +1,222 @@
+"""The service's settings: one typed tree, read once from ``FACEREC_*`` environment variables.
+
+``load_settings(**overrides)`` builds it: the embedded defaults, then the
+environment, then the overrides (command-line flags of ``app.py``, the scripts,
+the worker and the CLI map onto field names).  ``python app.py`` with nothing
+set serves the embedded defaults (SQLite in ``./data``, SFace, jobs in this
+process).  A value that does not parse is a :class:`~modules.errors.ConfigError`
+naming the environment variable.
+
+Root (``FACEREC_``): ``DATA_DIR``, ``CONFIG``, ``GALLERY_URL`` (also
+``FACEREC_DATABASE_URL`` and the conventional ``DATABASE_URL``), ``QUEUE_URL``
+(also ``QUEUE_URL``), ``STORAGE_DIR``, ``MAX_UPLOAD_BYTES``, ``MAX_PIXELS``,
+``MAX_FACES``, ``API_KEYS``, ``DEFAULT_GALLERY``, ``VIDEO_CHUNK_SECONDS``.
+Branches: ``video`` (``FACEREC_VIDEO_MAX_*``: video job limits), ``chunks``
+(``FACEREC_VIDEO_CHUNK_*``: splitting long videos), ``queue``
+(``FACEREC_QUEUE_*``: the RQ task queue), ``server`` (``FACEREC_BIND``,
+``WORKERS``, ``THREADS``, ``TIMEOUT``, ``CV_THREADS``, ``ACCESS_LOG``,
+``LOG_LEVEL``: the process that serves, read by ``gunicorn.conf.py``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+PREFIX = "FACEREC_"
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_FACES = 100
+
+
+def _config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, frozen=True, extra="forbid", populate_by_name=True)
+
+
+def _blank_is_none(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+class VideoLimits(BaseSettings):
+    """Bounds on video jobs (``FACEREC_VIDEO_MAX_*``)."""
+
+    model_config = _config(PREFIX + "VIDEO_")
+    max_upload_bytes: PositiveInt = 200 * 1024 * 1024
+    max_frames: PositiveInt = 30 * 60 * 60  # an hour at 30 fps
+    max_duration_s: float = Field(3600.0, gt=0)
+    max_pixels: PositiveInt = 3840 * 2160
+    max_running: PositiveInt = 1  # in-process: CPU-bound, one task at a time per process on small machines
+    max_queued: NonNegativeInt = 8  # in-process: waiting jobs per process
+    max_kept: PositiveInt = 200  # finished jobs kept; the oldest beyond are deleted
+    max_active: PositiveInt = 10_000  # with a task queue: queued + running jobs in all
+
+
+class ChunkSettings(BaseSettings):
+    """Splitting long videos (``FACEREC_VIDEO_CHUNK_*``): ``seconds`` per range (0 = never split),
+    ``min_seconds`` below which a video stays whole (default twice ``seconds``), ``overlap_seconds``
+    of warm-up before each range."""
+
+    model_config = _config(PREFIX + "VIDEO_CHUNK_")
+    seconds: NonNegativeFloat = Field(60.0, allow_inf_nan=False)
+    min_seconds: NonNegativeFloat | None = Field(None, allow_inf_nan=False)
+    overlap_seconds: NonNegativeFloat = Field(1.0, allow_inf_nan=False)
+
+    _none_if_blank = field_validator("min_seconds", mode="before")(_blank_is_none)
+
+
+class QueueSettings(BaseSettings):
+    """The RQ task queue (``FACEREC_QUEUE_*``); the queue's URL is the root's ``queue_url``."""
+
+    model_config = _config(PREFIX + "QUEUE_")
+    name: str = Field("facerec-video", min_length=1)
+    retries: NonNegativeInt = 2
+    task_timeout: PositiveInt = 6 * 3600
+    cleanup_interval: float = Field(15.0, gt=0)
+    heartbeat_ttl: PositiveInt = 30
+
+
+class ServerSettings(BaseSettings):
+    """The serving process (``FACEREC_BIND``, ``FACEREC_WORKERS``, ...), read by ``gunicorn.conf.py``;
+    ``workers``/``cv_threads`` 0 mean: derived from the cores."""
+
+    model_config = _config(PREFIX)
+    bind: str = "127.0.0.1:5000"
+    workers: NonNegativeInt = 0
+    threads: PositiveInt = 4
+    timeout: PositiveInt = 120
+    cv_threads: NonNegativeInt = 0
+    access_log: str | None = None
+    log_level: str = "info"
+
+    _none_if_blank = field_validator("access_log", mode="before")(_blank_is_none)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or max(1, os.cpu_count() or 1)
+
+    @property
+    def opencv_threads(self) -> int:
+        return self.cv_threads or max(1, (os.cpu_count() or 1) // self.worker_count)
+
+
+class Settings(BaseSettings):
+    """Everything the service, the scripts and the worker need; every field has a usable default."""
+
+    model_config = _config(PREFIX)
+
+    #: holds ``gallery.db``, ``keys.db``, ``jobs.db`` and ``jobs/``
+    data_dir: Path = Path("data")
+    #: embedder config: a path or a bare name from ``configs/``; ``None`` = configs/sface.yaml
+    config: str | None = None
+    #: gallery database (path, ``sqlite:///`` or ``postgresql://`` URL); ``None`` = ``<data_dir>/gallery.db``
+    gallery_url: str | None = Field(
+        None, validation_alias=AliasChoices("gallery_url", "FACEREC_GALLERY_URL", "FACEREC_DATABASE_URL", "DATABASE_URL")
+    )
+    #: ``redis://...``: video jobs run on ``python -m modules.worker`` processes; ``None``: in this process
+    queue_url: str | None = Field(None, validation_alias=AliasChoices("queue_url", "FACEREC_QUEUE_URL", "QUEUE_URL"))
+    #: video job files (uploads, annotated videos, crops); ``None`` = ``<data_dir>/jobs``
+    storage_dir: Path | None = None
+    #: largest request body and largest image file
+    max_upload_bytes: PositiveInt = DEFAULT_MAX_UPLOAD_BYTES
+    #: largest decoded image, in pixels (checked before decoding)
+    max_pixels: PositiveInt = DEFAULT_MAX_PIXELS
+    #: faces analysed per image (largest first)
+    max_faces: PositiveInt = DEFAULT_MAX_FACES
+    #: require ``X-API-Key`` on every endpoint but health/readiness/openapi/docs
+    api_keys: bool = False
+    #: the gallery ``/recognition`` uses when the request names none (created at start-up)
+    default_gallery: str = "default"
+    #: shorthand for ``chunks.seconds`` (``--chunk-seconds``)
+    video_chunk_seconds: NonNegativeFloat | None = None
+
+    video: VideoLimits = Field(default_factory=VideoLimits)
+    chunks: ChunkSettings = Field(default_factory=ChunkSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+
+    _none_if_blank = field_validator(
+        "config", "gallery_url", "queue_url", "storage_dir", "video_chunk_seconds", mode="before"
+    )(_blank_is_none)
+
+    @field_validator("data_dir", "storage_dir")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
+
+    @field_validator("gallery_url", "queue_url", "config")
+    @classmethod
+    def _strip(cls, value: str | None) -> str | None:
+        return None if value is None else value.strip()
+
+    @field_validator("queue_url")
+    @classmethod
+    def _redis_only(cls, value: str | None) -> str | None:
+        if value is not None and not value.lower().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"the queue URL must look like redis://host:6379/0, got {value!r}")
+        return value
+
+    # --- where things live -----------------------------------------------------------------
+    @property
+    def gallery_location(self) -> str | Path:
+        return self.gallery_url or (self.data_dir / "gallery.db")
+
+    @property
+    def keys_path(self) -> Path:
+        return self.data_dir / "keys.db"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Video job files (``storage_dir``, default ``<data_dir>/jobs``)."""
+        return self.storage_dir or (self.data_dir / "jobs")
+
+    @property
+    def jobs_database(self) -> str | Path:
+        """The video job store: the gallery's database when that is PostgreSQL (every server and worker
+        reaches it), else ``<data_dir>/jobs.db``."""
+        url = self.gallery_url or ""
+        if url.lower().startswith(("postgres://", "postgresql://", "postgresql+psycopg://")):
+            return url
+        return self.data_dir / "jobs.db"
+
+    @property
+    def chunk_seconds(self) -> float:
+        return self.chunks.seconds if self.video_chunk_seconds is None else self.video_chunk_seconds
+
+    def replace(self, **changes: Any) -> Settings:
+        return self.model_copy(update=changes)
+
+
+def _variable(exc: ValidationError, error: dict[str, Any]) -> str:
+    prefix = {
+        "VideoLimits": PREFIX + "VIDEO_",
+        "ChunkSettings": PREFIX + "VIDEO_CHUNK_",
+        "QueueSettings": PREFIX + "QUEUE_",
+    }.get(exc.title, PREFIX)
+    loc = [str(part) for part in error.get("loc", ()) if not str(part).isdigit()]
+    if loc and loc[0] in ("video", "chunks", "queue", "server"):
+        prefix = {"video": PREFIX + "VIDEO_", "chunks": PREFIX + "VIDEO_CHUNK_", "queue": PREFIX + "QUEUE_"}.get(
+            loc[0], PREFIX
+        )
+        loc = loc[1:]
+    name = prefix + "_".join(loc).upper() if loc else prefix.rstrip("_")
+    return {"FACEREC_GALLERY_URL": f"{name} (or DATABASE_URL)", "FACEREC_QUEUE_URL": f"{name} (or QUEUE_URL)"}.get(name, name)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Defaults, then ``FACEREC_*`` (and ``DATABASE_URL`` / ``QUEUE_URL``), then ``overrides``
+    (``None`` values are ignored, so unset command-line flags fall through)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{_variable(exc, e)} (setting {'.'.join(map(str, e['loc']))}): {e['msg']}"
+            + ("" if "got" in e["msg"] else f", got {e.get('input')!r}")
+            for e in exc.errors()
+        )
+        raise ConfigError(f"invalid setting: {problems}") from None
