@@ -9,11 +9,13 @@ import threading
 from pathlib import Path
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import text
 
 from modules.errors import ServiceUnavailableError
 from modules.storage.engine import get_engine
-from modules.storage.jobs import ACTIVE, JobNotFoundError, job_store_location, now_iso, open_job_store
+from modules.storage.jobs import ACTIVE, JobNotFoundError, job_store_location, metadata, now_iso, open_job_store
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy"
 JOB = "11111111-1111-4111-8111-111111111111"
@@ -240,4 +242,7 @@ def test_legacy_postgres_job_tables_are_adopted_with_their_rows(pg_url):
         conn.execute((LEGACY / "jobs_postgres.sql").read_text(encoding="utf-8"))
     store = open_job_store(pg_url)
     assert _versions(pg_url) == ["jobs_0001"]
+    with get_engine(pg_url).connect() as conn:  # the old tables are exactly what the baseline creates
+        ctx = MigrationContext.configure(conn, opts={"compare_server_default": True, "version_table": "facerec_schema"})
+        assert compare_metadata(ctx, metadata) == []
     _assert_reads_the_legacy_job(store, _expected(), same_updated_at=False)
