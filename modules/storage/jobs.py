@@ -264,37 +264,37 @@ class JobStore:
         return hashlib.sha1(self.url.render_as_string(hide_password=False).encode()).hexdigest()[:16]
 
     # --- convenience reads, each its own transaction ------------------------------------------------------
-    def _read(self, method: str, *args: Any) -> Any:
+    def _read(self, method: Any, *args: Any) -> Any:
         with self.tx(write=False) as tx:
-            return getattr(tx, method)(*args)
+            return method(tx, *args)
 
     def get(self, job_id: str) -> dict[str, Any]:
-        if (state := self._read("job", job_id)) is None:
+        if (state := self._read(Tx.job, job_id)) is None:
             raise JobNotFoundError("no such video job")
         return state
 
     def list(self) -> list[dict[str, Any]]:
-        return self._read("jobs", False)
+        return self._read(Tx.jobs, False)
 
     def active(self) -> list[dict[str, Any]]:
-        return self._read("jobs", True)
+        return self._read(Tx.jobs, True)
 
     def count_active(self, owner: str | None = None) -> int:
         owned = [] if owner is None else [video_jobs.c.owner == owner]
-        return self._read("count", video_jobs, video_jobs.c.status.in_(ACTIVE), *owned)
+        return self._read(Tx.count, video_jobs, video_jobs.c.status.in_(ACTIVE), *owned)
 
     def frames(self, job_id: str, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         """Per-frame results in frame order, ``offset`` rows skipped, at most ``limit``."""
-        return self._read("frame_page", job_id, offset, limit)
+        return self._read(Tx.frame_page, job_id, offset, limit)
 
     def count_frames(self, job_id: str) -> int:
-        return self._read("count", video_frames, video_frames.c.job_id == job_id)
+        return self._read(Tx.count, video_frames, video_frames.c.job_id == job_id)
 
     def tracks(self, job_id: str) -> list[dict[str, Any]] | None:
-        return self._read("tracks", job_id)
+        return self._read(Tx.tracks, job_id)
 
     def chunks(self, job_id: str) -> list[dict[str, Any]]:
-        return self._read("chunks", job_id)
+        return self._read(Tx.chunks, job_id)
 
     def heartbeat_owner(self, owner: str) -> int:
         """Sign of life for every active job ``owner`` (an in-process executor) holds."""
