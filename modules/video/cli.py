@@ -1,6 +1,8 @@
 """``test_frame.py``'s work: run the video pipeline on a file or a camera with a progress bar.
 
-Ctrl-C stops cleanly (the results so far are kept); a second Ctrl-C aborts.
+Ctrl-C stops cleanly (the results so far are kept); a second Ctrl-C aborts.  The script
+passes in what it shares with ``test_img.py`` (:mod:`modules.batch`): opening the
+recognizer and gallery, loading attribute models, printing the summary.
 """
 from __future__ import annotations
 
@@ -8,14 +10,24 @@ import argparse
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ..batch import load_attributes, open_for_script, print_summary
 from ..errors import FaceRecError
 
 
-def run(args: argparse.Namespace) -> int:
-    """Exit status: 0 done or stopped, 1 real failure, 130 aborted."""
+def run(
+    args: argparse.Namespace,
+    open_for_script: Callable[[argparse.Namespace], tuple[Any, str, Callable[[], None]]],
+    load_attributes: Callable[[str | None], tuple[Any, Any]],
+    print_summary: Callable[..., None],
+) -> int:
+    """Exit status: 0 done or stopped, 1 real failure, 130 aborted.
+
+    ``open_for_script(args) -> (recognizer, gallery, cleanup)``, ``load_attributes(spec) -> (which, analyzer)``,
+    ``print_summary(title, summary, out_dir)``.
+    """
     stop = threading.Event()
     interrupted = {"n": 0}
 

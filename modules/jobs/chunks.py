@@ -1,12 +1,9 @@
-"""Long videos in chunks: split into frame ranges, analyse them in parallel, join the tracks, render, concatenate.
+"""Long videos in chunks: plan the frame ranges, then join the ranges' analyses into one result.
 
 A video longer than ``ChunkPolicy.min_seconds`` is cut into ranges of about
-``chunk_seconds``.  Each range is analysed on its own (any worker, in any
-order) by :func:`analyze_range`: the detector, tracker and track identity of
-:class:`~modules.video.pipeline.VideoProcessor`, started ``overlap`` frames
-*before* the range so that its tracks are warm (confirmed, usually already
-named) when the range begins.  Those warm-up frames are not output; they are
-what the join matches on.
+``chunk_seconds``.  Each range is analysed on its own (any worker, in any order)
+by :func:`modules.video.ranges.analyze_range`, started ``overlap`` frames
+*before* the range so that its tracks are warm when the range begins.
 
 :func:`join_chunks` then makes one result of them:
 
@@ -26,39 +23,29 @@ what the join matches on.
 * best crop: the best-quality crop of all pieces; name history: all pieces',
   plus a ``joined across chunks`` entry when the join renamed a piece.
 
-The annotated video is rendered per range after the join
-(:func:`render_range`, in parallel, with the final names and ids) and the
-segments are concatenated without re-encoding by :func:`concat_videos`
-(PyAV remux; OpenCV re-encode when PyAV is not installed).
+The annotated video is then rendered per range with the final names and ids and
+the segments concatenated (:mod:`modules.video.ranges`).
 """
 
 from __future__ import annotations
 
-import base64
-import logging
 import math
 import os
-import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from ..errors import ConfigError
 from ..face import UNKNOWN
-from .annotate import draw_faces
-from .config import VideoConfig
-from .io import FrameReader, RateMeter, VideoWriter, open_capture
-from .tracking import iou
+from ..video.config import VideoConfig
+from ..video.identity import Judge
+from ..video.process import crop_file, people_summary
+from ..video.ranges import decode_embedding
+from ..video.tracking import iou
 
-log = logging.getLogger("facerec.video.chunks")
-
-MAX_EVIDENCE = 16  # embeddings kept per track piece for the join
 JOIN_IOU = 0.5
 
 
@@ -117,155 +104,6 @@ class ChunkPolicy:
         n = min(n, max(1, frames // max(2 * ov, 1)))  # a range is never shorter than two overlaps
         bounds = [i * frames // n for i in range(n)]
         return [(b, bounds[i + 1] if i + 1 < n else None) for i, b in enumerate(bounds)]
-
-
-# --- evidence encoding -----------------------------------------------------------------------------------
-def encode_embedding(e: np.ndarray) -> str:
-    return base64.b64encode(np.asarray(e, np.float32).tobytes()).decode("ascii")
-
-
-def decode_embedding(s: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(s), np.float32)
-
-
-# --- analysing one range ---------------------------------------------------------------------------------
-ProgressFn = Callable[[int, float], None]
-
-
-def analyze_range(
-    source: str | Path,
-    start: int,
-    end: int | None,
-    overlap: int,
-    recognizer: Any,
-    gallery: str,
-    config: VideoConfig,
-    *,
-    crops_dir: str | Path | None = None,
-    progress: ProgressFn | None = None,
-    on_frame: Callable[[Any], None] | None = None,
-    stop: threading.Event | None = None,
-    max_frames: int | None = None,
-) -> dict[str, Any]:
-    """Analyse frames ``[start, end)`` (``end`` None: to the end) after ``overlap`` warm-up frames.
-
-    Returns a JSON-able result: the range's frames (``frames.jsonl`` shape), the
-    warm-up frames (``overlap``), the track pieces with their identity evidence
-    (a few embeddings), quality and crop file, and counters.  ``progress(done, fps)``
-    is called after every frame of the range; ``stop`` ends early (``stopped``).
-    """
-    from ..errors import ImageTooLargeError
-    from .pipeline import VideoProcessor
-
-    stop = stop or threading.Event()
-    warm = max(0, start - max(0, overlap))
-    cap, info = open_capture(source)
-    if warm > 0:
-        cap.set(cv2.CAP_PROP_POS_FRAMES, warm)
-    proc = VideoProcessor(recognizer, gallery, config, fps=info.fps, live=False)
-
-    evidence: dict[int, list[np.ndarray]] = {}
-    core_detections: Counter = Counter()
-    cuts = {"n": 0}
-    current = {"index": warm}
-    orig_add, orig_emit, orig_cuts = proc.book.add, proc._emit, proc.cuts
-
-    def add(track: Any, embedding: np.ndarray, frame: int) -> None:
-        ev = evidence.setdefault(track.track_id, [])
-        if len(ev) < MAX_EVIDENCE:
-            ev.append(np.array(embedding, np.float32, copy=True))
-        orig_add(track, embedding, frame)
-
-    def emit(b: Any) -> Any:
-        if b.index >= start:
-            for t in b.faces:
-                if t.track_id > 0 and t.face is not None:
-                    core_detections[t.track_id] += 1
-        return orig_emit(b)
-
-    def cut(image: np.ndarray) -> bool:
-        r = orig_cuts(image)
-        if r and current["index"] >= start:
-            cuts["n"] += 1
-        return r
-
-    proc.book.add, proc._emit, proc.cuts = add, emit, cut  # instance attributes: only this run
-    frames: list[dict[str, Any]] = []
-    warmup: list[dict[str, Any]] = []
-    crops: dict[int, tuple[str, float]] = {}
-    crops_path = Path(crops_dir) if crops_dir is not None else None
-
-    def save_crops() -> None:
-        for t in proc.pop_finished():
-            if t.best_crop is not None and crops_path is not None and config.save_crops:
-                crops_path.mkdir(parents=True, exist_ok=True)
-                name = f"t{t.track_id}.jpg"
-                if cv2.imwrite(str(crops_path / name), t.best_crop, [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality]):
-                    crops[t.track_id] = (name, float(t.best_quality))
-            t.best_crop = None
-
-    def take(results: list[Any]) -> None:
-        for r in results:
-            (frames if r.index >= start else warmup).append(r.to_dict())
-            if on_frame is not None and r.index >= start:
-                on_frame(r)
-        save_crops()
-
-    meter = RateMeter()
-    t0 = time.perf_counter()
-    n_core = 0
-    stopped = False
-    reader = FrameReader(cap, stop=stop)
-    index = warm
-    try:
-        for i, frame in reader:
-            index = warm + i
-            if end is not None and index >= end:
-                break
-            if frame.shape[1] != info.width or frame.shape[0] != info.height:
-                frame = cv2.resize(frame, (info.width, info.height), interpolation=cv2.INTER_AREA)
-            current["index"] = index
-            take(proc.push(index, frame))
-            if index >= start:
-                n_core += 1
-                if max_frames is not None and index + 1 > max_frames:
-                    raise ImageTooLargeError(f"the video has more than {max_frames} frames (the limit)")
-                if progress is not None:
-                    progress(n_core, meter.tick())
-            if stop.is_set():
-                break
-        stopped = stop.is_set()
-    finally:
-        reader.close()
-    take(proc.finish())
-    save_crops()
-    tracks = []
-    for t in proc.tracks:
-        d = t.to_dict()
-        d["detections_core"] = int(core_detections.get(t.track_id, 0))
-        d["evidence"] = [encode_embedding(e) for e in evidence.get(t.track_id, [])]
-        crop = crops.get(t.track_id)
-        d["crop"], d["quality"] = (crop[0], crop[1]) if crop else (None, float(t.best_quality))
-        d.pop("best_crop", None)
-        tracks.append(d)
-    elapsed = time.perf_counter() - t0
-    return {
-        "start": start,
-        "end": start + n_core,
-        "warm": warm,
-        "frames": frames,
-        "overlap": warmup,
-        "tracks": tracks,
-        "switches": proc.book.switches,
-        "scene_cuts": cuts["n"],
-        "embeddings": int(proc.stats["embeddings"]),
-        "seconds": round(elapsed, 3),
-        "stage_seconds": {k: round(v, 3) for k, v in proc.times.items()},
-        "stopped": stopped,
-        "video": info.to_dict(),
-        "gallery_people": proc.judge.n_people,
-        "threshold": round(proc.judge.threshold, 4),
-    }
 
 
 # --- joining -----------------------------------------------------------------------------------------------
@@ -336,12 +174,6 @@ def _merge_identity(pieces: list[dict[str, Any]], decide: DecideFn | None) -> tu
     return name, float(sim), True
 
 
-def _safe_dirname(name: str) -> str:
-    bad = '<>:"\\|?*'
-    cleaned = "".join("_" if (c in bad or ord(c) < 32) else c for c in name).strip().strip(".")
-    return cleaned or "_"
-
-
 def join_chunks(
     results: list[dict[str, Any]],
     decide: DecideFn | None = None,
@@ -353,7 +185,7 @@ def join_chunks(
     ``decide(embeddings) -> (name, similarity)`` re-decides a joined track whose
     pieces disagree or were never named (the recognizer's track rule); without it
     such tracks stay as the earliest named piece had them, or ``unknown``.
-    Returns ``{"frames", "tracks", "crops": [(chunk index, file, destination)], "joins", ...}``.
+    Returns ``{"frames", "tracks", "crops": [(chunk index, file, destination)], "summary"}``.
     """
     final: dict[tuple[int, int], int] = {}
     next_id = 1
@@ -405,7 +237,6 @@ def join_chunks(
 
     tracks: list[dict[str, Any]] = []
     crops: list[tuple[int, str, str]] = []
-    switches = sum(int(r.get("switches") or 0) for r in results)
     for fid in sorted(groups):
         if fid not in seen:
             continue  # only in warm-up frames: another range's output holds those faces
@@ -428,8 +259,7 @@ def join_chunks(
         best_k, best = max(pieces, key=lambda kt: (kt[1].get("crop") is not None, kt[1].get("quality") or -1.0))
         crop_rel = None
         if best.get("crop") and (name != UNKNOWN or save_unknown_crops):
-            folder = "unknown" if name == UNKNOWN else _safe_dirname(name)
-            crop_rel = f"{folder}/track_{fid}.jpg"
+            crop_rel = crop_file(name, fid)
             crops.append((best_k, best["crop"], crop_rel))
         d: dict[str, Any] = {
             "track_id": fid,
@@ -451,22 +281,20 @@ def join_chunks(
         if len(pieces) > 1:
             d["chunks"] = sorted({k for k, _ in pieces})
         tracks.append(d)
-    return {
-        "frames": frames,
-        "tracks": tracks,
-        "crops": crops,
-        "joins": joins,
-        "frames_by_name": dict(by_name),
-        "name_switches": switches,
-        "scene_cuts": sum(int(r.get("scene_cuts") or 0) for r in results),
-        "embeddings": sum(int(r.get("embeddings") or 0) for r in results),
+    summary = {
+        "frames": len(frames),
+        "tracks": len(tracks),
+        "named_tracks": sum(1 for t in tracks if t["name"] != UNKNOWN),
+        "people": people_summary(tracks, by_name),
+        "name_switches": sum(int(r.get("switches") or 0) for r in results),
+        "chunks": len(results),
+        "joined_tracks": joins,
     }
+    return {"frames": frames, "tracks": tracks, "crops": crops, "summary": summary}
 
 
 def judge_decider(recognizer: Any, gallery: str, config: VideoConfig) -> DecideFn:
     """The track rule of :class:`~modules.video.identity.Judge` as a ``decide`` for :func:`join_chunks`."""
-    from .identity import Judge
-
     judge = Judge(recognizer, gallery, config)
 
     def decide(embeddings: list[np.ndarray]) -> tuple[str, float]:
@@ -476,107 +304,3 @@ def judge_decider(recognizer: Any, gallery: str, config: VideoConfig) -> DecideF
     return decide
 
 
-# --- rendering and concatenating -------------------------------------------------------------------------
-def render_range(
-    source: str | Path,
-    start: int,
-    end: int | None,
-    frames: list[dict[str, Any]],
-    out_path: str | Path,
-    codec: str = "h264",
-    *,
-    stop: threading.Event | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> int:
-    """Write frames ``[start, end)`` of ``source`` with ``frames``' faces drawn to ``out_path``; frames written."""
-    faces = {f["frame"]: f["faces"] for f in frames}
-    cap, info = open_capture(source)
-    if start > 0:
-        cap.set(cv2.CAP_PROP_POS_FRAMES, start)
-    writer = VideoWriter(out_path, info.fps, (info.width, info.height), codec)
-    n = 0
-    reader = FrameReader(cap, stop=stop)
-    try:
-        for i, frame in reader:
-            index = start + i
-            if end is not None and index >= end:
-                break
-            writer.write(draw_faces(frame, faces.get(index, ()), copy=False))
-            n += 1
-            if progress is not None and n % 30 == 0:
-                progress(n)
-    finally:
-        reader.close()
-        writer.close()
-    return n
-
-
-def concat_videos(paths: list[str | Path], out_path: str | Path) -> str:
-    """Concatenate MP4 segments of the same size and codec into ``out_path``; returns the method used.
-
-    With PyAV the packets are copied (no re-encoding, seconds for an hour of
-    video); without it every frame is decoded and encoded again with OpenCV.
-    """
-    out_path = Path(out_path)
-    try:
-        import av  # noqa: F401
-    except ImportError:
-        _concat_opencv(paths, out_path)
-        return "opencv"
-    try:
-        _concat_pyav(paths, out_path)
-        return "pyav"
-    except Exception as exc:  # noqa: BLE001 - an odd stream: re-encode instead
-        log.warning("remuxing the segments failed (%s); re-encoding them", exc)
-        _concat_opencv(paths, out_path)
-        return "opencv"
-
-
-def _concat_pyav(paths: list[str | Path], out_path: Path) -> None:
-    import av
-
-    with av.open(str(out_path), "w", format="mp4", options={"movflags": "+faststart"}) as out:
-        ostream = None
-        offset = 0  # in the output stream's time base
-        for p in paths:
-            with av.open(str(p)) as inp:
-                s = inp.streams.video[0]
-                if ostream is None:
-                    ostream = out.add_stream_from_template(s)
-                    tb = s.time_base
-                scale = float(s.time_base / tb)
-                end = offset
-                for pkt in inp.demux(s):
-                    if pkt.dts is None:
-                        continue
-                    dur = pkt.duration or 0
-                    pts = pkt.pts if pkt.pts is not None else pkt.dts
-                    pkt.dts = offset + int(round(pkt.dts * scale))
-                    pkt.pts = offset + int(round(pts * scale))
-                    pkt.duration = int(round(dur * scale))
-                    pkt.time_base = tb
-                    end = max(end, pkt.pts + max(pkt.duration, 1))
-                    pkt.stream = ostream
-                    out.mux(pkt)
-                offset = end
-
-
-def _concat_opencv(paths: list[str | Path], out_path: Path) -> None:
-    writer = None
-    try:
-        for p in paths:
-            cap, info = open_capture(p)
-            try:
-                if writer is None:
-                    # the path without PyAV, so OpenCV's own MPEG-4 encoder
-                    writer = VideoWriter(out_path, info.fps, (info.width, info.height), "mp4v")
-                while True:
-                    ok, frame = cap.read()
-                    if not ok:
-                        break
-                    writer.write(frame)
-            finally:
-                cap.release()
-    finally:
-        if writer is not None:
-            writer.close()
