@@ -72,9 +72,9 @@ def make_video(src: Path, dest: Path, seconds: float, size: tuple[int, int] = (1
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.video import load_labels
     from modules.gallery import SQLiteGallery
-    from modules.recognizer import FaceRecognizer
     from modules.jobs import ChunkPolicy, JobLimits, JobManager
     from modules.jobs.executors import RedisQueueExecutor
+    from modules.recognizer import FaceRecognizer
     from modules.video.store import open_job_store
     from tests.redis_fixtures import WorkerProcess, start_throwaway_redis, wait_for_workers
 

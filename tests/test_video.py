@@ -617,8 +617,8 @@ def test_video_writer_codecs(tmp_path, codec, size):
 def test_h264_segments_concatenate_without_reencoding(tmp_path):
     import av
 
-    from modules.video.ranges import concat_videos
     from modules.video.io import VideoWriter
+    from modules.video.ranges import concat_videos
 
     segs = []
     for k in range(3):

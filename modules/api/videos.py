@@ -36,8 +36,8 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidRequestError, NotFoundError, UnauthorizedError
-from ..video.config import VideoConfig
 from ..jobs import MJPEG_MIMETYPE, ChunkPolicy, JobLimits, JobManager, validate_job_id
+from ..video.config import VideoConfig
 from .auth import authenticate, authorize_gallery, current_key, public
 from .common import COMMON_ERRORS, CONFLICT, NOT_FOUND, SECURITY, UNAVAILABLE
 from .inputs import decode_base64

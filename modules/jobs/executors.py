@@ -19,14 +19,23 @@ stage when every task of the one before has ended:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable
-from datetime import datetime
 from typing import Any
+
+import redis
+from rq import Callback, Queue, Retry, Worker, get_current_job
+from rq.exceptions import AbandonedJobError, InvalidJobOperation
+from rq.job import Job
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+from rq.timeouts import JobTimeoutException, TimerDeathPenalty
+from rq.utils import now
+from rq.worker import SimpleWorker
+from rq.worker_registration import clean_worker_registry
 
 from ..errors import ConfigError, FaceRecError, ServiceUnavailableError
 from ..storage.engine import safe_url
@@ -45,64 +54,38 @@ KINDS = ("analyze", "join", "render", "finish")
 Plan = list[list[tuple[str, int]]]
 
 
-class DaemonPool:
-    """``workers`` daemon threads running submitted calls in order.
+class InProcessExecutor:
+    """Tasks on ``workers`` daemon threads in this process; ``workers=0``: at once, in the calling thread.
 
     Daemon threads do not hold the process open at exit (a ``ThreadPoolExecutor`` would wait for
     a long video): a job cut off that way stays ``running`` in the store and is marked failed by
     the next start (or by another server once its heartbeat is stale).
     """
 
-    def __init__(self, workers: int, name: str = "video-job"):
-        self._q: queue.Queue = queue.Queue()
-        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(workers)]
-        for t in self._threads:
-            t.start()
-
-    def _work(self) -> None:
-        while (item := self._q.get()) is not None:
-            fn, args = item
-            try:
-                fn(*args)
-            except Exception:  # pragma: no cover - the callable records its own failures
-                log.exception("video job worker")
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._q.put((fn, args))
-
-    def shutdown(self, wait: bool = True) -> None:
-        if not wait:  # drop what has not started
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    self._q.get_nowait()
-        for _ in self._threads:
-            self._q.put(None)
-        if wait:
-            for t in self._threads:
-                t.join()
-
-
-class InProcessExecutor:
-    """Tasks on a bounded pool of daemon threads in this process; ``workers=0``: in the calling thread."""
-
     kind = "inprocess"
 
     def __init__(self, workers: int = 1):
         self.workers = max(0, int(workers))
         self.parallelism = max(1, self.workers)
-        self._pool = DaemonPool(self.workers) if self.workers else None
         self.ctx: TaskContext | None = None
+        self._q: queue.Queue = queue.Queue()
+        self._threads = [threading.Thread(target=self._work, name=f"video-job-{i}", daemon=True)
+                         for i in range(self.workers)]
+        for t in self._threads:
+            t.start()
+
+    def _work(self) -> None:
+        while (task := self._q.get()) is not None:
+            task()
 
     def start(self, ctx: TaskContext) -> None:
         self.ctx = ctx
 
-    def submit(self, job_id: str, plan: Plan) -> None:
-        self._stage(job_id, plan, 0)
-
-    def _stage(self, job_id: str, plan: Plan, k: int) -> None:
-        if k >= len(plan):
+    def submit(self, job_id: str, plan: Plan, stage: int = 0) -> None:
+        """The tasks of ``plan[stage]``; the last of them to end submits the next stage."""
+        if stage >= len(plan):
             return
-        left = [len(plan[k])]
+        left = [len(plan[stage])]
         lock = threading.Lock()
 
         def run(kind: str, idx: int) -> None:
@@ -111,13 +94,13 @@ class InProcessExecutor:
                 left[0] -= 1
                 last = left[0] == 0
             if last:
-                self._stage(job_id, plan, k + 1)
+                self.submit(job_id, plan, stage + 1)
 
-        for kind, idx in plan[k]:
-            if self._pool is None:
-                run(kind, idx)
+        for kind, idx in plan[stage]:
+            if self._threads:
+                self._q.put(functools.partial(run, kind, idx))
             else:
-                self._pool.submit(run, kind, idx)
+                run(kind, idx)
 
     def _run(self, job_id: str, kind: str, idx: int) -> None:
         assert self.ctx is not None
@@ -138,19 +121,22 @@ class InProcessExecutor:
         return {"executor": self.kind, "workers": self.workers}
 
     def shutdown(self, wait: bool = True) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=wait)
+        if not wait:  # drop what has not started
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._q.get_nowait()
+        for _ in self._threads:
+            self._q.put(None)
+        if wait:
+            for t in self._threads:
+                t.join()
 
 
 # --- RQ ----------------------------------------------------------------------------------------------------------
-def redis_connection(url: str) -> Any:
-    try:
-        from redis import Redis
-    except ImportError as exc:  # pragma: no cover - in requirements.txt
-        raise ConfigError("a task queue needs the 'rq' and 'redis' packages (pip install rq)") from exc
+def redis_connection(url: str) -> redis.Redis:
     if not url.lower().startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"the queue URL must be redis://host:port/db (or rediss://, unix://), got {url!r}")
-    return Redis.from_url(url, health_check_interval=30, socket_connect_timeout=10)
+    return redis.Redis.from_url(url, health_check_interval=30, socket_connect_timeout=10)
 
 
 def rq_job_id(job_id: str, kind: str, idx: int) -> str:
@@ -162,16 +148,11 @@ def _task_ids(job_id: str, chunks: int) -> list[str]:
 
 
 def _tasks(connection: Any, job_id: str, chunks: int) -> list[Any]:
-    from rq.job import Job
-
     return [j for j in Job.fetch_many(_task_ids(job_id, chunks), connection=connection) if j is not None]
 
 
 def cancel_tasks(connection: Any, job_id: str, chunks: int) -> None:
     """Drop the job's tasks that have not started (those running stop at their next progress tick)."""
-    import redis
-    from rq.exceptions import InvalidJobOperation
-
     with contextlib.suppress(redis.exceptions.RedisError):
         for j in _tasks(connection, job_id, chunks):
             if j.get_status(refresh=False) in ("queued", "deferred", "scheduled"):
@@ -195,8 +176,6 @@ class RedisQueueExecutor:
         cleanup_interval: float = DEFAULT_CLEANUP_INTERVAL,
         lost_after: float = 300.0,
     ):
-        from rq import Queue
-
         self.url = url
         self.redis = redis_connection(url)
         self.queue = Queue(queue_name, connection=self.redis)
@@ -236,9 +215,6 @@ class RedisQueueExecutor:
 
     def submit(self, job_id: str, plan: Plan) -> None:
         """Every task of the plan at once; each stage waits for the one before (``depends_on``)."""
-        import redis
-        from rq import Callback, Retry
-
         meta = {"video_job": job_id, "store": self.ctx.store.store_id if self.ctx else None}
         before: list[Any] | None = None
         try:
@@ -263,8 +239,6 @@ class RedisQueueExecutor:
 
     def maintenance(self) -> None:
         """Registry cleanup (abandoned tasks -> retry or failure), then jobs whose tasks are all gone -> failed."""
-        import redis
-
         try:
             clean_queue(self.queue, self.cleanup_interval)
             if self.ctx is None:
@@ -273,8 +247,7 @@ class RedisQueueExecutor:
             for job in self.ctx.store.active():
                 if job.get("executor") != self.kind:
                     continue
-                seen = job.get("heartbeat") or _epoch(job.get("updated_at"))
-                if seen and now - seen < self.lost_after:
+                if now - float(job.get("heartbeat") or 0) < self.lost_after:
                     continue
                 if self.live_tasks(job["job_id"], int(job.get("chunks") or 1)) == 0:
                     fail_job(self.ctx.store, job["job_id"],
@@ -284,8 +257,6 @@ class RedisQueueExecutor:
             log.warning("video queue maintenance: %s", exc)
 
     def describe(self) -> dict[str, Any]:
-        from rq import Worker
-
         info: dict[str, Any] = {"executor": self.kind, "queue": self.queue.name}
         with contextlib.suppress(Exception):
             info["workers"] = Worker.count(queue=self.queue)
@@ -299,13 +270,6 @@ class RedisQueueExecutor:
             self.redis.close()
 
 
-def _epoch(iso: Any) -> float | None:
-    try:
-        return datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp()
-    except (TypeError, ValueError):
-        return None
-
-
 def clean_queue(queue: Any, interval: float) -> bool:
     """RQ's registry cleanup for ``queue``, at most once per ``interval`` across every process.
 
@@ -313,9 +277,6 @@ def clean_queue(queue: Any, interval: float) -> bool:
     heartbeats: RQ runs their failure callback and retries them (``Retry``) or fails them.
     A lock with an expiry (never released) keeps two processes from handling one task twice.
     """
-    from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
-    from rq.timeouts import TimerDeathPenalty
-
     key = f"facerec:video:cleanup:{queue.name}"
     if not queue.connection.set(key, worker_name(), nx=True, ex=max(1, int(round(interval)))):
         return False
@@ -329,7 +290,7 @@ def clean_queue(queue: Any, interval: float) -> bool:
 # --- what RQ calls ------------------------------------------------------------------------------------------------
 _CONTEXTS: dict[str, TaskContext] = {}  # by store id: the failure callback finds a job's store
 _CONTEXTS_LOCK = threading.Lock()
-_WORKER: Any = None  # the VideoWorker of this process
+_WORKER: VideoWorker | None = None  # the worker of this process
 _WORKER_CONTEXT: TaskContext | None = None
 
 
@@ -362,8 +323,6 @@ def set_worker_context(ctx: TaskContext, worker: Any = None) -> None:
 @contextlib.contextmanager
 def _heartbeats(interval: float) -> Any:
     """Renew this task's entry in the StartedJobRegistry while it runs (stops before the task returns)."""
-    from rq import get_current_job
-
     job, worker = get_current_job(), _WORKER
     if job is None or worker is None:
         yield
@@ -399,9 +358,6 @@ def on_task_failure(job: Any, connection: Any, typ: Any, value: Any, tb: Any) ->
     """RQ failure callback: a task raised, timed out, or its worker died.  Fails the video job (and drops
     its waiting tasks) once RQ has no retry left for the task (never raises: RQ would stop its cleanup)."""
     try:
-        from rq.exceptions import AbandonedJobError
-        from rq.timeouts import JobTimeoutException
-
         video_job = (job.meta or {}).get("video_job") or (job.args[0] if job.args else None)
         ctx = context_for((job.meta or {}).get("store"))
         if ctx is None or video_job is None:
@@ -426,25 +382,17 @@ def on_task_failure(job: Any, connection: Any, typ: Any, value: Any, tb: Any) ->
         log.exception("video task failure callback")
 
 
-def make_worker_class() -> type:
-    """:class:`VideoWorker` (built on first use, so that importing this module needs no ``rq``)."""
-    from rq.utils import now
-    from rq.worker import SimpleWorker
-    from rq.worker_registration import clean_worker_registry
+class VideoWorker(SimpleWorker):
+    """RQ's ``SimpleWorker`` (no fork: models stay loaded) with short task heartbeats."""
 
-    class VideoWorker(SimpleWorker):
-        """RQ's ``SimpleWorker`` (no fork: models stay loaded) with short task heartbeats."""
+    heartbeat_ttl: int = DEFAULT_HEARTBEAT_TTL
+    cleanup_interval: float = DEFAULT_CLEANUP_INTERVAL
 
-        heartbeat_ttl: int = DEFAULT_HEARTBEAT_TTL
-        cleanup_interval: float = DEFAULT_CLEANUP_INTERVAL
+    def get_heartbeat_ttl(self, job: Any) -> int:
+        return int(self.heartbeat_ttl)
 
-        def get_heartbeat_ttl(self, job: Any) -> int:
-            return int(self.heartbeat_ttl)
-
-        def clean_registries(self) -> None:
-            for q in self.queues:
-                if clean_queue(q, self.cleanup_interval):
-                    clean_worker_registry(q)
-            self.last_cleaned_at = now()
-
-    return VideoWorker
+    def clean_registries(self) -> None:
+        for q in self.queues:
+            if clean_queue(q, self.cleanup_interval):
+                clean_worker_registry(q)
+        self.last_cleaned_at = now()

@@ -46,7 +46,6 @@ from ..errors import (
     BadImageError,
     ConfigError,
     ConflictError,
-    FaceRecError,
     ImageTooLargeError,
     InvalidRequestError,
     NotFoundError,
@@ -67,19 +66,9 @@ from .tasks import TaskContext, fail_job, plan
 log = logging.getLogger("facerec.jobs")
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
-PRIVATE = {
-    "gallery_location",
-    "input",
-    "stream_token",
-    "video_config",
-    "max_frames",
-    "owner",
-    "heartbeat",
-    "cancel",
-    "phase",
-    "overlap_frames",
-    "result_dir",
-    "pending_summary",
+PRIVATE = {  # state that stays inside: the public status has the rest
+    "gallery_location", "input", "stream_token", "video_config", "max_frames", "owner", "heartbeat", "cancel",
+    "phase", "overlap_frames", "result_dir", "pending_summary",
 }
 _CHUNK = 1 << 20
 
@@ -157,10 +146,8 @@ class JobManager:
         self.chunking = chunking or ChunkPolicy.from_env()
         self.stale_after = float(stale_after)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._stops: dict[str, threading.Event] = {}  # in-process: cancel a running task at once
-        self._lock = threading.Lock()
         self._closed = threading.Event()
-        self.ctx = TaskContext(self.store, self.dir, lambda _name: self.recognizer, stop_event=self._stop_event)
+        self.ctx = TaskContext(self.store, self.dir, lambda _name: self.recognizer)
         self.executor.start(self.ctx)
         self.recovered = self.recover()
         interval = getattr(self.executor, "cleanup_interval", None) or min(5.0, self.stale_after / 3)
@@ -218,12 +205,6 @@ class JobManager:
                     self.store.heartbeat_owner(self.owner)
                     self.recover()
                 self.executor.maintenance()
-                with self._lock:
-                    for job_id in list(self._stops):
-                        with contextlib.suppress(FaceRecError):
-                            if self.store.get(job_id)["status"] in ACTIVE:
-                                continue
-                        del self._stops[job_id]
             except Exception:
                 log.exception("video job maintenance")
 
@@ -278,38 +259,17 @@ class JobManager:
                 raise BadImageError("the uploaded file is not a decodable video") from None
             self._check(info)
             ranges = self.chunking.plan(info.frames, info.fps, getattr(self.executor, "parallelism", 1))
-            state = {
-                "job_id": job_id,
-                "status": "queued",
-                "progress": 0.0,
-                "created_at": now_iso(),
-                "started_at": None,
-                "finished_at": None,
-                "error": None,
-                "gallery": gallery,
-                "filename": (filename or "")[:200] or None,
-                "bytes": size,
-                "video": info.to_dict(),
-                "frames_done": 0,
-                "fps": None,
-                "summary": None,
-                "video_settings": video_settings or None,
-                "executor": self.executor.kind,
-                "chunks": len(ranges),
-                "workers": [],
-                "attempts": 0,
+            state = dict(  # the order of the public status
+                job_id=job_id, status="queued", progress=0.0, created_at=now_iso(), started_at=None, finished_at=None,
+                error=None, gallery=gallery, filename=(filename or "")[:200] or None, bytes=size, video=info.to_dict(),
+                frames_done=0, fps=None, summary=None, video_settings=video_settings or None,
+                executor=self.executor.kind, chunks=len(ranges), workers=[], attempts=0,
                 # private
-                "input": input_name,
-                "config": self.config_name,
-                "gallery_location": self.gallery_location,
-                "stream_token": secrets.token_urlsafe(18),
-                "video_config": effective.model_dump(mode="json"),
-                "max_frames": self.limits.max_frames,
-                "overlap_frames": self.chunking.overlap_frames(info.fps),
-                "owner": self.owner if self.in_process else None,
-                "heartbeat": time.time(),
-                "phase": "analyze",
-            }
+                input=input_name, config=self.config_name, gallery_location=self.gallery_location,
+                stream_token=secrets.token_urlsafe(18), video_config=effective.model_dump(mode="json"),
+                max_frames=self.limits.max_frames, overlap_frames=self.chunking.overlap_frames(info.fps),
+                owner=self.owner if self.in_process else None, heartbeat=time.time(), phase="analyze",
+            )
             with self.store.tx() as tx:
                 tx.put_job(state)
                 for i, (start, end) in enumerate(ranges):
@@ -345,19 +305,11 @@ class JobManager:
     def _check(self, info: Any) -> None:
         lim = self.limits
         if info.width * info.height > lim.max_pixels:
-            raise ImageTooLargeError(
-                f"the video is {info.width}x{info.height}; the limit is {lim.max_pixels} pixels per frame"
-            )
+            raise ImageTooLargeError(f"the video is {info.width}x{info.height}; the limit is {lim.max_pixels} pixels")
         if info.frames is not None and info.frames > lim.max_frames:
             raise ImageTooLargeError(f"the video has {info.frames} frames; the limit is {lim.max_frames}")
         if info.duration_s is not None and info.duration_s > lim.max_duration_s:
-            raise ImageTooLargeError(
-                f"the video lasts {info.duration_s:.0f} s; the limit is {lim.max_duration_s:.0f} s"
-            )
-
-    def _stop_event(self, job_id: str) -> threading.Event:
-        with self._lock:
-            return self._stops.setdefault(job_id, threading.Event())
+            raise ImageTooLargeError(f"the video lasts {info.duration_s:.0f} s; the limit is {lim.max_duration_s:.0f} s")
 
     # --- cancel / delete ------------------------------------------------------------------------------------------
     def cancel(self, job_id: str, purge: bool = False) -> dict[str, Any]:
@@ -376,8 +328,6 @@ class JobManager:
             else:
                 cancelled = False
         if cancelled:
-            if job_id in self._stops:
-                self._stops[job_id].set()
             with contextlib.suppress(Exception):
                 self.executor.cancel(job_id, int(state.get("chunks") or 1))
             return self._public(state) | {"cancel_requested": True}
@@ -438,9 +388,10 @@ class JobManager:
 
     def shutdown(self, wait: bool = True, cancel_running: bool = False) -> None:
         self._closed.set()
-        if cancel_running:
-            for stop in list(self._stops.values()):
-                stop.set()
+        if cancel_running:  # this process's jobs; their tasks stop at their next progress tick
+            for job in self.store.active():
+                if job.get("owner") == self.owner:
+                    self.cancel(job["job_id"])
         self.executor.shutdown(wait=wait)
         self._maint.join(timeout=5)
         if wait and self._own_store:

@@ -66,15 +66,11 @@ class TaskContext:
     storage_dir: Path
     recognizer_for: Callable[[str | None], Any]
     worker: str = field(default_factory=worker_name)
-    stop_event: Callable[[str], threading.Event] | None = None  # in-process: cancel without waiting for a tick
     progress_interval: float = 0.5
     live_interval: float = 0.2
 
     def job_dir(self, job_id: str) -> Path:
         return self.storage_dir / job_id
-
-    def stop_for(self, job_id: str) -> threading.Event:
-        return self.stop_event(job_id) if self.stop_event is not None else threading.Event()
 
 
 def video_config(job: dict[str, Any]) -> VideoConfig:
@@ -144,12 +140,12 @@ class _Ticker(Hooks):
     """Progress, heartbeat, cancellation and (one-chunk jobs) per-frame results every ``progress_interval`` s;
     the live frame (``live.jpg``, encoded once, for MJPEG viewers on any server) a few times a second."""
 
-    def __init__(self, ctx: TaskContext, job: dict, idx: int, attempt: int, which: str, stop: threading.Event):
+    def __init__(self, ctx: TaskContext, job: dict, idx: int, attempt: int, which: str = "attempt"):
         self.ctx, self.job_id, self.idx, self.attempt, self.which = ctx, job["job_id"], idx, attempt, which
         self.total = (job.get("video") or {}).get("frames")
         self.whole = int(job.get("chunks") or 1) == 1
         self.render_follows = not self.whole and video_config(job).write_video
-        self.stop = stop
+        self.stop = threading.Event()  # set when the job is cancelled
         self.pending: list[dict[str, Any]] = []
         self.tracks: list[Any] = []
         self.last = self.last_live = 0.0
@@ -157,27 +153,27 @@ class _Ticker(Hooks):
 
     def __call__(self, done: int, fps: float = 0.0) -> None:
         now = time.monotonic()
-        if now - self.last < self.ctx.progress_interval:
-            return
-        self.last = now
-        with self.ctx.store.tx() as tx:
-            job, chunk = fenced(tx, self.job_id, self.idx, self.attempt, self.which)
-            chunk["frames_done" if self.which == "attempt" else "rendered"] = done
-            tx.put_chunk(chunk)
-            chunks = tx.chunks(self.job_id)
-            changes: dict[str, Any] = {
-                "heartbeat": time.time(),
-                "progress": _progress(chunks, self.total, self.render_follows),
-                "frames_done": sum(int(c["frames_done"] or 0) for c in chunks),
-            }
-            if fps and self.whole:
-                changes["fps"] = round(fps, 2)
-            tx.put_job({**job, **changes})
-            if self.pending:
-                tx.add_frames(self.job_id, self.pending)
-                self.pending = []
-            if job["cancel"]:
-                self.stop.set()
+        if now - self.last >= self.ctx.progress_interval:
+            self.last = now
+            with self.ctx.store.tx() as tx:
+                self.commit(tx, done, fps)
+
+    def commit(self, tx: Tx, done: int, fps: float = 0.0, result: Any = ..., **chunk: Any) -> dict[str, Any]:
+        """Progress (and ``chunk`` changes, a ``result``) of this attempt, fenced; returns the job."""
+        job, row = fenced(tx, self.job_id, self.idx, self.attempt, self.which)
+        row.update({"frames_done" if self.which == "attempt" else "rendered": done, **chunk})
+        tx.put_chunk(row, result=result)
+        chunks = tx.chunks(self.job_id)
+        changes = {"heartbeat": time.time(), "progress": _progress(chunks, self.total, self.render_follows),
+                   "frames_done": sum(int(c["frames_done"] or 0) for c in chunks)}
+        if fps and self.whole:
+            changes["fps"] = round(fps, 2)
+        if self.pending:
+            tx.add_frames(self.job_id, self.pending)
+            self.pending = []
+        if job["cancel"]:
+            self.stop.set()
+        return tx.put_job({**job, **changes})
 
     def on_frame(self, result: FrameResult) -> None:
         if self.whole:
@@ -241,12 +237,8 @@ def _claim(ctx: TaskContext, job_id: str, idx: int, kind: str) -> tuple[dict, di
         chunk.update({status_col: "running", attempt_col: attempt, "worker": ctx.worker})
         chunk["frames_done" if kind == "analyze" else "rendered"] = 0
         tx.put_chunk(chunk)
-        workers = list(dict.fromkeys([*(job.get("workers") or []), ctx.worker]))
-        changes: dict[str, Any] = {
-            "heartbeat": time.time(),
-            "workers": workers[-32:],
-            "attempts": int(job.get("attempts") or 0) + 1,
-        }
+        workers = list(dict.fromkeys([*(job.get("workers") or []), ctx.worker]))[-32:]
+        changes = {"heartbeat": time.time(), "workers": workers, "attempts": int(job.get("attempts") or 0) + 1}
         if job["status"] == "queued":
             changes.update(status="running", started_at=now_iso())
         if kind == "analyze" and job.get("chunks", 1) == 1:
@@ -287,22 +279,18 @@ def _run_whole(ctx: TaskContext, job: dict[str, Any], chunk: dict[str, Any], att
     d = ctx.job_dir(job_id)
     run_dir = f"run-{attempt}"
     shutil.rmtree(d / run_dir, ignore_errors=True)
-    stop = ctx.stop_for(job_id)
-    tick = _Ticker(ctx, job, 0, attempt, "attempt", stop)
+    tick = _Ticker(ctx, job, 0, attempt)
     summary = process_video(d / job["input"], d / run_dir, ctx.recognizer_for(job.get("config")), job["gallery"],
                             video_config(job), progress=lambda done, _total, fps: tick(done, fps), hooks=[tick],
-                            stop=stop, max_frames=job.get("max_frames"))
+                            stop=tick.stop, max_frames=job.get("max_frames"))
     status = "cancelled" if summary["stopped"] else "done"
     keys = ("frames", "seconds", "fps", "tracks", "named_tracks", "people", "name_switches")
     with ctx.store.tx() as tx:
-        job, chunk = fenced(tx, job_id, 0, attempt)
-        if tick.pending:
-            tx.add_frames(job_id, tick.pending)
+        job = tick.commit(tx, summary["frames"], status="done")
         tx.set_tracks(job_id, [t.to_dict() for t in sorted(tick.tracks, key=lambda t: t.track_id)])
-        tx.put_chunk({**chunk, "status": "done", "frames_done": summary["frames"]})
-        tx.put_job({**job, "status": status, "phase": "final", "frames_done": summary["frames"],
-                    "progress": 1.0 if status == "done" else job.get("progress", 0.0), "fps": summary["fps"],
-                    "finished_at": now_iso(), "result_dir": run_dir, "summary": {k: summary[k] for k in keys}})
+        tx.put_job({**job, "status": status, "phase": "final", "progress": 1.0 if status == "done" else job["progress"],
+                    "fps": summary["fps"], "finished_at": now_iso(), "result_dir": run_dir,
+                    "summary": {k: summary[k] for k in keys}})
 
 
 def _run_range(ctx: TaskContext, job: dict[str, Any], chunk: dict[str, Any], attempt: int) -> None:
@@ -311,21 +299,17 @@ def _run_range(ctx: TaskContext, job: dict[str, Any], chunk: dict[str, Any], att
     job_id, idx = job["job_id"], chunk["idx"]
     d = ctx.job_dir(job_id)
     crops = f"chunks/a{idx}-{attempt}"
-    stop = ctx.stop_for(job_id)
-    tick = _Ticker(ctx, job, idx, attempt, "attempt", stop)
+    tick = _Ticker(ctx, job, idx, attempt)
     result = analyze_range(d / job["input"], chunk["start_frame"], chunk["end_frame"],
                            int(job.get("overlap_frames") or 0), ctx.recognizer_for(job.get("config")),
                            job["gallery"], video_config(job), crops_dir=d / crops, progress=tick,
-                           on_frame=tick.live, stop=stop, max_frames=job.get("max_frames"))
+                           on_frame=tick.live, stop=tick.stop, max_frames=job.get("max_frames"))
     if result["stopped"]:
         cancel_job(ctx.store, job_id)
         return
     result["crops_dir"] = crops
     with ctx.store.tx() as tx:
-        job, chunk = fenced(tx, job_id, idx, attempt)
-        tx.put_chunk({**chunk, "status": "done", "frames_done": result["end"] - result["start"]}, result=result)
-        progress = _progress(tx.chunks(job_id), (job.get("video") or {}).get("frames"), tick.render_follows)
-        tx.put_job({**job, "heartbeat": time.time(), "progress": progress})
+        tick.commit(tx, result["end"] - result["start"], result=result, status="done")
 
 
 def _join(ctx: TaskContext, job_id: str, _idx: int = 0) -> None:
@@ -384,20 +368,16 @@ def _render(ctx: TaskContext, job_id: str, idx: int) -> None:
     seg = Path("segments") / f"{idx}-{attempt}.mp4"
     tmp = d / seg.with_name(f".{idx}-{attempt}.tmp.mp4")
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    stop = ctx.stop_for(job_id)
-    tick = _Ticker(ctx, job, idx, attempt, "render_attempt", stop)
-    n = render_range(d / job["input"], start, end, frames, tmp, video_config(job).video_codec, stop=stop,
+    tick = _Ticker(ctx, job, idx, attempt, "render_attempt")
+    n = render_range(d / job["input"], start, end, frames, tmp, video_config(job).video_codec, stop=tick.stop,
                      progress=tick)
-    if stop.is_set():
+    if tick.stop.is_set():
         tmp.unlink(missing_ok=True)
         cancel_job(ctx.store, job_id)
         return
     os.replace(tmp, d / seg)
     with ctx.store.tx() as tx:
-        job, chunk = fenced(tx, job_id, idx, attempt, "render_attempt")
-        tx.put_chunk({**chunk, "render_status": "done", "rendered": n, "segment": str(seg)})
-        progress = _progress(tx.chunks(job_id), (job.get("video") or {}).get("frames"), True)
-        tx.put_job({**job, "heartbeat": time.time(), "progress": progress})
+        tick.commit(tx, n, render_status="done", segment=str(seg))
 
 
 def _finish(ctx: TaskContext, job_id: str, _idx: int = 0) -> None:

@@ -7,7 +7,7 @@ Start any number, on any machines that reach the Redis server, the job database
 and the storage folder (configured once: the same ``--database-url`` and a
 shared ``--storage-dir`` as the API servers).  Each worker is one process that
 loads the models once and runs one task at a time (start one per core or two);
-it is an RQ ``SimpleWorker`` (:func:`modules.jobs.executors.make_worker_class`).
+it is an RQ ``SimpleWorker`` (:class:`modules.jobs.executors.VideoWorker`).
 
 * the job database: ``--database-url`` (or ``DATABASE_URL``) when it is
   PostgreSQL, else ``<data-dir>/jobs.db`` (workers on the API's machine);
@@ -89,7 +89,7 @@ class _Models:
 def build_worker(args: argparse.Namespace) -> Any:
     from ..gallery import open_gallery, resolve_database_url
     from ..video.store import job_store_location, open_job_store
-    from .executors import RedisQueueExecutor, make_worker_class, set_worker_context
+    from .executors import RedisQueueExecutor, VideoWorker, set_worker_context
     from .tasks import TaskContext, worker_name
 
     url = queue_url_from_env(args.queue_url)
@@ -106,15 +106,14 @@ def build_worker(args: argparse.Namespace) -> Any:
     name = args.name or worker_name()
     ctx = TaskContext(store=store, storage_dir=storage, recognizer_for=models.get, worker=name)
     executor.ctx = ctx
-    cls = make_worker_class()
-    cls.heartbeat_ttl = max(2, int(args.heartbeat_ttl))
-    cls.cleanup_interval = float(args.cleanup_interval)
-    worker = cls(
+    worker = VideoWorker(
         [executor.queue],
         connection=executor.redis,
         name=f"{name}.{os.urandom(2).hex()}",
         maintenance_interval=max(1, int(args.cleanup_interval)),
     )
+    worker.heartbeat_ttl = max(2, int(args.heartbeat_ttl))
+    worker.cleanup_interval = float(args.cleanup_interval)
     set_worker_context(ctx, worker)
     log.info(
         "video worker %s: queue %s on %s, jobs in %r, gallery %r, files in %s",
