@@ -262,18 +262,10 @@ def join_chunks(
             crop_rel = crop_file(name, fid)
             crops.append((best_k, best["crop"], crop_rel))
         d: dict[str, Any] = {
-            "track_id": fid,
-            "name": name,
-            "similarity": round(sim, 4),
-            "first_frame": seen[fid][0],
-            "last_frame": seen[fid][1],
-            "frames": sum(int(t.get("detections_core") or 0) for _, t in pieces),
-            "decided": True,
-            "samples": sum(int(t.get("samples") or 0) for _, t in pieces),
-            "best_crop": crop_rel,
-            "best_frame": best.get("best_frame"),
-            "best_box": best.get("best_box"),
-            "names": compact,
+            "track_id": fid, "name": name, "similarity": round(sim, 4), "first_frame": seen[fid][0],
+            "last_frame": seen[fid][1], "frames": sum(int(t.get("detections_core") or 0) for _, t in pieces),
+            "decided": True, "samples": sum(int(t.get("samples") or 0) for _, t in pieces), "best_crop": crop_rel,
+            "best_frame": best.get("best_frame"), "best_box": best.get("best_box"), "names": compact,
         }
         attrs = next((t["attributes"] for _, t in pieces if t.get("attributes")), None)
         if attrs:
@@ -282,13 +274,9 @@ def join_chunks(
             d["chunks"] = sorted({k for k, _ in pieces})
         tracks.append(d)
     summary = {
-        "frames": len(frames),
-        "tracks": len(tracks),
-        "named_tracks": sum(1 for t in tracks if t["name"] != UNKNOWN),
-        "people": people_summary(tracks, by_name),
-        "name_switches": sum(int(r.get("switches") or 0) for r in results),
-        "chunks": len(results),
-        "joined_tracks": joins,
+        "frames": len(frames), "tracks": len(tracks), "named_tracks": sum(1 for t in tracks if t["name"] != UNKNOWN),
+        "people": people_summary(tracks, by_name), "name_switches": sum(int(r.get("switches") or 0) for r in results),
+        "chunks": len(results), "joined_tracks": joins,
     }
     return {"frames": frames, "tracks": tracks, "crops": crops, "summary": summary}
 

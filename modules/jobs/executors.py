@@ -143,12 +143,9 @@ def rq_job_id(job_id: str, kind: str, idx: int) -> str:
     return f"video-{job_id}-{kind}-{idx}"
 
 
-def _task_ids(job_id: str, chunks: int) -> list[str]:
-    return [rq_job_id(job_id, kind, i) for kind in KINDS for i in range(chunks if kind in ("analyze", "render") else 1)]
-
-
-def _tasks(connection: Any, job_id: str, chunks: int) -> list[Any]:
-    return [j for j in Job.fetch_many(_task_ids(job_id, chunks), connection=connection) if j is not None]
+def _tasks(connection: Any, job_id: str, chunks: int) -> list[Job]:
+    ids = [rq_job_id(job_id, kind, i) for kind in KINDS for i in range(chunks if kind in ("analyze", "render") else 1)]
+    return [j for j in Job.fetch_many(ids, connection=connection) if j is not None]
 
 
 def cancel_tasks(connection: Any, job_id: str, chunks: int) -> None:

@@ -41,21 +41,13 @@ def run(
     try:
         from . import load_video_config, video_config
 
-        cfg = load_video_config(args.video_config)
-        overrides = {
-            "decision": args.decision,
-            "min_face_size": args.min_face_size,
-            "recognize_frames": args.recognize_frames,
-            "recheck_every": args.recheck_every,
-            "detect_every": args.detect_every,
-            "tracker": args.tracker,
-        }
-        overrides = {k: v for k, v in overrides.items() if v is not None}
+        names = ("decision", "min_face_size", "recognize_frames", "recheck_every", "detect_every", "tracker")
+        overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
         if args.no_video:
             overrides["write_video"] = False
         if args.save_unknown:
             overrides["save_unknown_crops"] = True
-        cfg = video_config(overrides, cfg, where=" (command line)")
+        cfg = video_config(overrides, load_video_config(args.video_config), where=" (command line)")
         source = args.camera if args.camera is not None else args.video
         if args.camera is None and not Path(args.video).is_file():
             raise FaceRecError(f"video file not found: {args.video}")
@@ -69,6 +61,10 @@ def run(
             bar = tqdm(unit="frame", desc="frames", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
 
             def progress(done: int, total: int | None, fps: float) -> None:
+                if args.max_frames is not None:  # --max-frames: stop cleanly after that many
+                    total = args.max_frames if total is None else min(total, args.max_frames)
+                    if done >= args.max_frames:
+                        stop.set()
                 if bar.total is None and total:
                     bar.total = total
                 bar.update(done - bar.n)
@@ -76,27 +72,9 @@ def run(
                     bar.set_postfix(fps=f"{fps:.1f}", refresh=False)
 
             previous = signal.signal(signal.SIGINT, on_sigint)
-
-            def on_progress(done: int, total: int | None, fps: float) -> None:
-                if args.max_frames is not None:  # --max-frames: stop cleanly after that many
-                    total = args.max_frames if total is None else min(total, args.max_frames)
-                    if done >= args.max_frames:
-                        stop.set()
-                progress(done, total, fps)
-
             try:
-                summary = process_video(
-                    source,
-                    args.output,
-                    rec,
-                    gallery,
-                    cfg,
-                    progress=on_progress,
-                    stop=stop,
-                    show=args.show,
-                    attributes=which,
-                    analyzer=analyzer,
-                )
+                summary = process_video(source, args.output, rec, gallery, cfg, progress=progress, stop=stop,
+                                        show=args.show, attributes=which, analyzer=analyzer)
             finally:
                 signal.signal(signal.SIGINT, previous)
                 bar.close()
@@ -110,4 +88,3 @@ def run(
         return 130
     print_summary("stopped" if summary["stopped"] else "done", summary, args.output)
     return 0
-
