@@ -41,8 +41,11 @@ import cv2
 
 from ..errors import FaceRecError, ServiceUnavailableError
 from ..video.config import VideoConfig
+from ..video.process import process_video
 from ..video.processor import FrameResult, Hooks
+from ..video.ranges import analyze_range, concat_videos, render_range
 from ..video.store import ACTIVE, JobStore, Tx, now_iso
+from .chunks import join_chunks, judge_decider
 
 log = logging.getLogger("facerec.jobs")
 
@@ -273,8 +276,6 @@ def _analyze(ctx: TaskContext, job_id: str, idx: int) -> None:
 
 def _run_whole(ctx: TaskContext, job: dict[str, Any], chunk: dict[str, Any], attempt: int) -> None:
     """A one-chunk job: the video as ``test_frame.py`` runs it, frames committed as they come."""
-    from ..video.process import process_video
-
     job_id = job["job_id"]
     d = ctx.job_dir(job_id)
     run_dir = f"run-{attempt}"
@@ -294,8 +295,6 @@ def _run_whole(ctx: TaskContext, job: dict[str, Any], chunk: dict[str, Any], att
 
 
 def _run_range(ctx: TaskContext, job: dict[str, Any], chunk: dict[str, Any], attempt: int) -> None:
-    from ..video.ranges import analyze_range
-
     job_id, idx = job["job_id"], chunk["idx"]
     d = ctx.job_dir(job_id)
     crops = f"chunks/a{idx}-{attempt}"
@@ -314,8 +313,6 @@ def _run_range(ctx: TaskContext, job: dict[str, Any], chunk: dict[str, Any], att
 
 def _join(ctx: TaskContext, job_id: str, _idx: int = 0) -> None:
     """Join the analysed ranges; frames, tracks and summary committed in one transaction."""
-    from .chunks import join_chunks, judge_decider
-
     job = _ready(ctx, job_id, "analyze", "status")
     if job is None:
         return
@@ -355,8 +352,6 @@ def _join(ctx: TaskContext, job_id: str, _idx: int = 0) -> None:
 
 
 def _render(ctx: TaskContext, job_id: str, idx: int) -> None:
-    from ..video.ranges import render_range
-
     claimed = _claim(ctx, job_id, idx, "render")
     if claimed is None:
         return
@@ -382,8 +377,6 @@ def _render(ctx: TaskContext, job_id: str, idx: int) -> None:
 
 def _finish(ctx: TaskContext, job_id: str, _idx: int = 0) -> None:
     """Concatenate the rendered segments into ``annotated.mp4``; the job is ``done``."""
-    from ..video.ranges import concat_videos
-
     job = _ready(ctx, job_id, "render", "render_status")
     if job is None:
         return
