@@ -248,6 +248,9 @@ class _Gallery:
             out.append(c[:k])
         return out
 
+    def search_people(self, gallery, q, embedder_id, k):
+        return self.search(gallery, q, embedder_id, k), self.num_people(gallery)
+
 
 def _Rec(people):
     """A real recognizer (its matcher and open-set rule) over a gallery of given embeddings; no models run."""
