@@ -338,7 +338,8 @@ def _join(ctx: TaskContext, job_id: str, _idx: int = 0) -> None:
         won = cur is not None and cur["status"] == "running" and cur["phase"] == "analyze"
         if won:
             tx.delete_frames(job_id)
-            tx.add_frames(job_id, frames)
+            if frames:
+                tx.add_frames(job_id, frames)
             tx.set_tracks(job_id, tracks)
             changes: dict[str, Any] = {"result_dir": result_dir, "heartbeat": time.time(), "frames_done": len(frames)}
             if cfg.write_video:
