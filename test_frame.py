@@ -26,7 +26,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from modules.batch import add_common_args
+    from modules.batch import add_common_args, load_attributes, open_for_script, print_summary
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from modules.video.cli import run
 
-    return run(args)
+    return run(args, open_for_script, load_attributes, print_summary)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ Everything runs as in production on one machine: a Redis server (a throwaway
 ``redis-server`` unless ``--queue-url``), ``python -m modules.worker``
 processes (started and warmed up before the clock starts; each gets
 ``--threads`` OpenCV threads, by default the cores divided by the workers),
-a :class:`~modules.video.jobs.JobManager` with a
-:class:`~modules.video.queue.RedisQueueExecutor` over an SQLite job store in a
+a :class:`~modules.jobs.manager.JobManager` with a
+:class:`~modules.jobs.executors.RedisQueueExecutor` over an SQLite job store in a
 temporary data folder.  Wall time is from the first job queued to
 the last job done (uploads are not timed).  For each worker count:
 
@@ -72,10 +72,9 @@ def make_video(src: Path, dest: Path, seconds: float, size: tuple[int, int] = (1
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.video import load_labels
     from modules.gallery import SQLiteGallery
+    from modules.jobs import ChunkPolicy, JobLimits, JobManager
+    from modules.jobs.executors import RedisQueueExecutor
     from modules.recognizer import FaceRecognizer
-    from modules.video.chunks import ChunkPolicy
-    from modules.video.jobs import JobLimits, JobManager
-    from modules.video.queue import RedisQueueExecutor
     from modules.video.store import open_job_store
     from tests.redis_fixtures import WorkerProcess, start_throwaway_redis, wait_for_workers
 

@@ -180,13 +180,20 @@ class FaceRecognizer:
         return self.detector.detect(self.load_image(image))
 
     def embed_faces(
-        self, image: np.ndarray, faces: Sequence[Face], timer: _Timer | None = None, *, query: bool = False
+        self,
+        image: np.ndarray,
+        faces: Sequence[Face],
+        timer: _Timer | None = None,
+        *,
+        query: bool = False,
+        flip: bool | None = None,
     ) -> list[Face]:
         """Align and embed ``faces`` of ``image`` in one batch (sets ``aligned``/``embedding``).
 
         ``query=True`` marks faces that are only identified, never stored: they
         get the embedder's ``flip_queries`` setting (one pass instead of two by
         default), gallery faces and verification the full flip averaging.
+        ``flip`` overrides either for this call.
         """
         if not faces:
             return list(faces)
@@ -194,7 +201,8 @@ class FaceRecognizer:
             f.aligned = self.aligner.align(image, f.landmarks)
         if timer:
             timer.lap("align")
-        flip = self.embedder.flip_queries if query else None
+        if flip is None:
+            flip = self.embedder.flip_queries if query else None
         embs = self.embedder.embed(np.stack([f.aligned for f in faces]), flip=flip)
         for f, e in zip(faces, embs):
             f.embedding = e

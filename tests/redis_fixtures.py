@@ -185,7 +185,7 @@ def wait_for_workers(queue_url: str, n: int, timeout: float = 30.0) -> None:
     from redis import Redis
     from rq import Queue, Worker
 
-    from modules.video.queue import QUEUE_NAME
+    from modules.jobs.executors import QUEUE_NAME
 
     with Redis.from_url(queue_url) as r:
         q = Queue(QUEUE_NAME, connection=r)

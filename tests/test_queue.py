@@ -103,7 +103,7 @@ def _check_clip_results(frames, tracks, labels):
 
 # --- no Redis ---------------------------------------------------------------------------------------------
 def test_chunk_plan():
-    from modules.video.chunks import ChunkPolicy
+    from modules.jobs.chunks import ChunkPolicy
 
     p = ChunkPolicy(chunk_seconds=60)
     assert p.plan(30 * 100, 30.0, parallelism=4) == [(0, None)]  # shorter than 2 chunks: whole
@@ -125,7 +125,7 @@ def _face(tid, box, name=UNKNOWN, sim=0.1):
 
 
 def _piece(tid, name, first, last, sim=0.5, samples=5, evidence=(), crop=None, quality=1.0, core=None):
-    from modules.video.chunks import encode_embedding
+    from modules.video.ranges import encode_embedding
 
     return {"track_id": tid, "name": name, "similarity": sim, "first_frame": first, "last_frame": last,
             "samples": samples, "detections_core": core if core is not None else last - first + 1, "crop": crop, "quality": quality,
@@ -136,7 +136,7 @@ def _piece(tid, name, first, last, sim=0.5, samples=5, evidence=(), crop=None, q
 
 def test_join_tracks_across_chunk_borders():
     """A face crossing the border keeps the first chunk's id and its name; new faces get the next ids."""
-    from modules.video.chunks import join_chunks
+    from modules.jobs.chunks import join_chunks
 
     a_box, b_box = [10.0, 10.0, 60.0, 60.0], [200.0, 10.0, 250.0, 60.0]
     c0 = {"start": 0, "switches": 0, "scene_cuts": 0, "embeddings": 5, "overlap": [],
@@ -150,7 +150,7 @@ def test_join_tracks_across_chunk_borders():
           "tracks": [_piece(2, "bob", 10, 19, crop="t2.jpg"), _piece(4, UNKNOWN, 7, 19, sim=0.2, samples=1,
                                                                       crop="t4.jpg", quality=9.0, core=10)]}
     out = join_chunks([c0, c1], decide=None)
-    assert out["joins"] == 1
+    assert out["summary"]["joined_tracks"] == 1
     assert [f["frame"] for f in out["frames"]] == list(range(20))
     f15 = {face["track_id"]: face for face in out["frames"][15]["faces"]}
     assert set(f15) == {1, 2}  # alice kept id 1, bob got the next free id
@@ -164,7 +164,7 @@ def test_join_tracks_across_chunk_borders():
 
 
 def test_join_redecides_conflicting_pieces_on_all_evidence():
-    from modules.video.chunks import join_chunks
+    from modules.jobs.chunks import join_chunks
 
     e = np.eye(4, dtype=np.float32)
     box = [10.0, 10.0, 60.0, 60.0]
@@ -189,7 +189,7 @@ def test_join_redecides_conflicting_pieces_on_all_evidence():
 
 
 def test_store_fences_stale_attempts_and_commits_atomically(tmp_path):
-    from modules.video.queue import Superseded, _fenced
+    from modules.jobs.tasks import Superseded, fenced
     from modules.video.store import open_job_store
 
     store = open_job_store(tmp_path / "jobs.db")
@@ -199,11 +199,11 @@ def test_store_fences_stale_attempts_and_commits_atomically(tmp_path):
         tx.put_job({"job_id": jid, "status": "running", "created_at": "2024", "chunks": 1})
         tx.put_chunk({"job_id": jid, "idx": 0, "start_frame": 0, "end_frame": None, "attempt": 2})
     with store.tx() as tx:
-        _fenced(tx, jid, 0, 2)
+        fenced(tx, jid, 0, 2)
         tx.add_frames(jid, [{"frame": i, "time_s": 0.0, "faces": []} for i in range(3)])
     with pytest.raises(Superseded), store.tx() as tx:  # attempt 1 was given up on: it may not write
         tx.add_frames(jid, [{"frame": 9, "time_s": 0.0, "faces": []}])
-        _fenced(tx, jid, 0, 1)
+        fenced(tx, jid, 0, 1)
     assert [f["frame"] for f in store.frames(jid)] == [0, 1, 2]  # the refused transaction left nothing
     assert store.frames(jid, 1, 1) == [{"frame": 1, "time_s": 0.0, "faces": []}]
     store.delete(jid)
@@ -214,7 +214,7 @@ def test_store_fences_stale_attempts_and_commits_atomically(tmp_path):
 def test_concat_segments_with_and_without_pyav(tmp_path, monkeypatch):
     import builtins
 
-    from modules.video.chunks import concat_videos
+    from modules.video.ranges import concat_videos
 
     segs = []
     for k in range(3):
@@ -252,8 +252,7 @@ def test_concat_segments_with_and_without_pyav(tmp_path, monkeypatch):
 
 def test_chunked_in_process_job_names_the_same_people_as_one_pass(queue_rec, clip, labels, tmp_path):
     """The clip in 3 chunks on 2 threads: same named segments, one id and one name per track across borders."""
-    from modules.video.chunks import ChunkPolicy
-    from modules.video.jobs import JobLimits, JobManager
+    from modules.jobs import ChunkPolicy, JobLimits, JobManager
 
     m = JobManager(tmp_path / "jobs", queue_rec, limits=JobLimits(max_running=2),
                    chunking=ChunkPolicy(chunk_seconds=3.0, min_seconds=0, overlap_seconds=1.0))
@@ -387,9 +386,8 @@ def test_sigkilled_worker_job_is_retried_on_another_worker(queue_app, workers, c
 
 def test_sigkilled_worker_without_retries_fails_the_job_cleanly(queue_rec, clip, redis_url, workers, tmp_path):
     from modules.gallery import SQLiteGallery
-    from modules.video.chunks import ChunkPolicy
-    from modules.video.jobs import JobManager
-    from modules.video.queue import RedisQueueExecutor
+    from modules.jobs import ChunkPolicy, JobManager
+    from modules.jobs.executors import RedisQueueExecutor
     from modules.video.store import open_job_store
 
     data = tmp_path / "data"

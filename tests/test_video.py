@@ -248,18 +248,19 @@ class _Gallery:
             out.append(c[:k])
         return out
 
+    def search_people(self, gallery, q, embedder_id, k):
+        return self.search(gallery, q, embedder_id, k), self.num_people(gallery)
 
-class _Rec:
-    def __init__(self, people):
-        from modules.config import load_config
 
-        self.config = load_config(None)
-        self.gallery = _Gallery(people)
+def _Rec(people):
+    """A real recognizer (its matcher and open-set rule) over a gallery of given embeddings; no models run."""
+    from modules.config import load_config
+    from modules.recognizer import FaceRecognizer
 
-        class _E:
-            model_id = "fake"
+    class _E:
+        model_id = "fake"
 
-        self.embedder = _E()
+    return FaceRecognizer(load_config(None), _Gallery(people), detector=object(), embedder=_E())
 
 
 def _unit(v):
@@ -316,8 +317,11 @@ def test_relaxed_threshold_needs_a_clear_runner_up_margin():
     from modules.video.identity import Judge
 
     cfg = VideoConfig()
-    j = Judge(_Rec({"alice": _unit([1, 0]), "bob": _unit([0, 1])}), "default", cfg)
+    rec = _Rec({"alice": _unit([1, 0]), "bob": _unit([0, 1])})
+    j = Judge(rec, "default", cfg)
+    j.search(_unit([1, 0]))
     thr = j.threshold
+    assert thr == rec.config.matching.identify_threshold_for(2)  # the recognizer's open-set threshold, 2 people
     near = thr - cfg.relaxed_delta / 2
     clear = [Candidate("alice", near), Candidate("bob", near - cfg.relaxed_margin - 0.01)]
     assert j.rule(clear, relaxed=True).name == "alice"
@@ -359,7 +363,7 @@ def test_attributes_aggregate_per_track():
 # --- job manager ------------------------------------------------------------------------
 @pytest.fixture()
 def manager_factory(video_rec, tmp_path):
-    from modules.video.jobs import JobLimits, JobManager
+    from modules.jobs import JobLimits, JobManager
 
     made = []
 
@@ -420,7 +424,8 @@ def test_job_limits_and_bad_input(manager_factory, short_clip, clip_dir, labels)
 
 
 def test_job_ids_are_validated():
-    from modules.video.jobs import JobNotFoundError, validate_job_id
+    from modules.jobs import validate_job_id
+    from modules.video.store import JobNotFoundError
 
     for bad in ["../../etc/passwd", "..", "", "x" * 36, "00000000-0000-4000-8000-00000000000/", 5, None]:
         with pytest.raises(JobNotFoundError):
@@ -429,7 +434,8 @@ def test_job_ids_are_validated():
 
 
 def test_restart_marks_unfinished_jobs_failed_and_keeps_finished(video_rec, tmp_path):
-    from modules.video.jobs import RESTARTED, JobManager, write_state
+    from modules.jobs import JobManager
+    from modules.jobs.recovery import RESTARTED, write_state
 
     jobs = tmp_path / "jobs"
     ids = {
@@ -614,8 +620,8 @@ def test_video_writer_codecs(tmp_path, codec, size):
 def test_h264_segments_concatenate_without_reencoding(tmp_path):
     import av
 
-    from modules.video.chunks import concat_videos
     from modules.video.io import VideoWriter
+    from modules.video.ranges import concat_videos
 
     segs = []
     for k in range(3):

@@ -16,7 +16,7 @@ Jobs run in this process on a bounded pool, or on ``python -m modules.worker``
 processes when the settings have a ``queue_url`` (RQ on Redis); their state
 and results are in the job store (``<data_dir>/jobs.db`` or the gallery's
 PostgreSQL database), their files under ``storage_dir``, so any API server
-answers for any job (see :mod:`modules.video.jobs`, :mod:`modules.video.queue`).
+answers for any job (see :mod:`modules.jobs`).
 Limits come from ``FACEREC_VIDEO_*`` environment variables or
 ``create_blueprint(limits=...)``.  An ``<img>`` tag cannot send the
 ``X-API-Key`` header, so with keys on the stream endpoint is public but needs
@@ -36,8 +36,8 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidRequestError, NotFoundError, UnauthorizedError
+from ..jobs import MJPEG_MIMETYPE, ChunkPolicy, JobLimits, JobManager, validate_job_id
 from ..video.config import VideoConfig
-from ..video.jobs import MJPEG_MIMETYPE, JobLimits, JobManager, validate_job_id
 from .auth import authenticate, authorize_gallery, current_key, public
 from .common import COMMON_ERRORS, CONFLICT, NOT_FOUND, SECURITY, UNAVAILABLE
 from .inputs import decode_base64
@@ -233,7 +233,6 @@ def create_blueprint(
         if manager is not None:
             app.extensions[EXTENSION] = manager
             return
-        from ..video.chunks import ChunkPolicy
         from ..video.store import open_job_store
 
         svc = app.extensions["facerec"]

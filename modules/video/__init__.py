@@ -1,13 +1,15 @@
-"""Video: detect, track and recognize faces over frames; batch jobs for the HTTP service.
+"""Video computing: detect, track and recognize faces over frames, draw them, read and write video.
 
 * :mod:`.config`: :class:`VideoConfig` (pydantic; importable without loading any model)
 * :mod:`.tracking`: the ``trackers`` package's ByteTrack/SORT/OC-SORT behind a small adapter, shot cuts
 * :mod:`.identity`: per-track identity (first N good frames, vote or mean, re-checks, no lightly flipped names)
-* :mod:`.pipeline`: :class:`VideoProcessor` (frame by frame) and :func:`process_video` (file or camera -> files)
-* :mod:`.annotate`, :mod:`.io`: drawing, threaded OpenCV reading and writing
-* :mod:`.jobs`: the job manager behind ``/api/v1/videos`` (bounded pool, on-disk state, MJPEG)
+* :mod:`.processor`: :class:`VideoProcessor` (frame by frame, results to :class:`Hooks`)
+* :mod:`.process`: :func:`process_video` (file or camera -> files); :mod:`.ranges`: one frame range, segments
+* :mod:`.annotate`, :mod:`.io`: drawing, threaded reading and writing
+* :mod:`.cli`: what ``test_frame.py`` runs
 
-Only the config is imported eagerly; the rest loads on first use.
+Video jobs (queueing, workers, the HTTP side) are :mod:`modules.jobs`; only the config is
+imported eagerly here, the rest loads on first use.
 """
 
 from __future__ import annotations
@@ -16,26 +18,11 @@ from typing import Any
 
 from .config import VideoConfig, load_video_config, video_config
 
-__all__ = [
-    "VideoConfig",
-    "load_video_config",
-    "video_config",
-    "VideoProcessor",
-    "FrameResult",
-    "process_video",
-    "JobManager",
-    "JobLimits",
-    "run_job",
-]
+__all__ = ["VideoConfig", "load_video_config", "video_config", "VideoProcessor", "FrameResult", "Hooks",
+           "process_video"]
 
-_LAZY = {
-    "VideoProcessor": ".pipeline",
-    "FrameResult": ".pipeline",
-    "process_video": ".pipeline",
-    "JobManager": ".jobs",
-    "JobLimits": ".jobs",
-    "run_job": ".jobs",
-}
+_LAZY = {"VideoProcessor": ".processor", "FrameResult": ".processor", "Hooks": ".processor",
+         "process_video": ".process"}
 
 
 def __getattr__(name: str) -> Any:

@@ -59,7 +59,8 @@ class VideoConfig(BaseModel):
 
     embed_flip: bool | None = Field(
         False,
-        description="average each embedding with its mirror image's (None: as the embedder config says);"
+        description="average each embedding with its mirror image's (None: as the embedder config says for"
+        " faces being identified, flip_queries);"
         " off by default for video: a track already averages several frames, and it halves the embedding cost",
     )
 

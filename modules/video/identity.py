@@ -51,26 +51,32 @@ def face_quality(face: Face) -> float:
 
 
 class Judge:
-    """Turns embeddings into decisions against one gallery with the track rules."""
+    """Turns embeddings into decisions against one gallery with the track rules.
+
+    Searches go through the recognizer (``identify_embeddings``); the open-set threshold is the one the
+    recognizer applied for the gallery's current size, ``threshold`` the latest seen.
+    """
+
+    #: candidates per search: the runner-up for the relaxed rule, the current name for re-checks
+    TOP_K = 5
 
     def __init__(self, recognizer: Any, gallery: str, config: VideoConfig):
         self.rec = recognizer
         self.gallery_name = gallery
         self.config = config
-        self.top_k = max(2, recognizer.config.matching.top_k)
-        self.refresh()
-
-    def refresh(self) -> None:
-        """Re-read the gallery size (and so the threshold); call when the gallery may have changed."""
-        store = self.rec.gallery
-        self.n_people = store.num_people(self.gallery_name) if store is not None else 0
-        self.threshold = float(self.rec.config.matching.identify_threshold_for(self.n_people))
+        self.threshold = float("nan")
 
     def search(self, embeddings: np.ndarray) -> list[list[Candidate]]:
-        embeddings = np.atleast_2d(np.asarray(embeddings, np.float32))
-        if self.n_people == 0 or len(embeddings) == 0:
-            return [[] for _ in range(len(embeddings))]
-        return self.rec.gallery.search(self.gallery_name, embeddings, self.rec.embedder.model_id, self.top_k)
+        idents = self.rec.identify_embeddings(np.atleast_2d(embeddings), self.gallery_name, self.TOP_K)
+        if idents:
+            self.threshold = float(idents[0].threshold)
+        return [i.candidates for i in idents]
+
+    def facts(self) -> dict[str, Any]:
+        """The gallery's size and the open-set threshold for it, for summaries."""
+        store = self.rec.gallery
+        n = store.num_people(self.gallery_name) if store is not None else 0
+        return {"gallery_people": n, "threshold": round(float(self.rec.matcher.decide([], n).threshold), 4)}
 
     def rule(self, cands: list[Candidate], relaxed: bool = False) -> Decision:
         """The open-set decision; ``relaxed`` (aggregated evidence only) allows the ratio-test margin."""

@@ -1,0 +1,242 @@
+"""A video file or a camera through the frame processor, results written to a folder.
+
+    from modules.video import process_video, VideoConfig
+    summary = process_video("clip.mp4", "out/", recognizer, gallery="default")
+
+writes
+
+* ``frames.jsonl``: one line per frame, ``{"frame", "time_s", "faces":
+  [{"track_id", "box", "name", "similarity"}]}``;
+* ``tracks.json``: per track its name, first and last frame, the frames it
+  was seen in, its best crop and the history of its name;
+* ``annotated.mp4``: the frames with boxes and names;
+* ``<name>/track_<id>.jpg``: the best crop of every named track;
+* ``summary.json``: what :func:`process_video` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from ..errors import BadImageError, ImageTooLargeError, InvalidRequestError
+from ..face import UNKNOWN
+from .config import VideoConfig
+from .identity import TrackIdentity
+from .io import FrameReader, RateMeter, VideoInfo, VideoWriter, open_capture
+from .processor import FrameResult, Hooks, VideoProcessor
+
+FRAMES_FILE = "frames.jsonl"
+TRACKS_FILE = "tracks.json"
+VIDEO_FILE = "annotated.mp4"
+SUMMARY_FILE = "summary.json"
+
+ProgressFn = Callable[[int, "int | None", float], None]
+
+
+def atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def safe_dirname(name: str) -> str:
+    bad = '<>:"\\|?*'
+    cleaned = "".join("_" if (c in bad or ord(c) < 32) else c for c in name).strip().strip(".")
+    return cleaned or "_"
+
+
+def crop_file(name: str, track_id: int) -> str:
+    """Where a track's best crop goes in a result folder: ``<name>/track_<id>.jpg`` (``unknown/...``)."""
+    return f"{'unknown' if name == UNKNOWN else safe_dirname(name)}/track_{track_id}.jpg"
+
+
+def people_summary(tracks: Iterable[dict[str, Any]], frames_by_name: dict[str, int]) -> dict[str, Any]:
+    """``{name: {"tracks", "frames"}}`` of the named people (``tracks``: per-track dicts)."""
+    people: dict[str, dict[str, int]] = {}
+    for t in tracks:
+        if t["name"] != UNKNOWN:
+            people.setdefault(t["name"], {"tracks": 0, "frames": 0})["tracks"] += 1
+    for name, n in frames_by_name.items():
+        if name != UNKNOWN:
+            people.setdefault(name, {"tracks": 0, "frames": 0})["frames"] = n
+    return dict(sorted(people.items()))
+
+
+class _Outputs(Hooks):
+    """Writes ``frames.jsonl``, the annotated video and the crops as the processor emits them."""
+
+    def __init__(self, out_dir: Path, info: VideoInfo, config: VideoConfig, window: str | None,
+                 stop: threading.Event):
+        self.dir, self.config, self.window, self.stop = out_dir, config, window, stop
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(out_dir / FRAMES_FILE, "w", encoding="utf-8")
+        self._since_flush = 0
+        self.video: VideoWriter | None = None
+        if config.write_video:
+            self.video = VideoWriter(out_dir / VIDEO_FILE, info.fps, (info.width, info.height), config.video_codec)
+        self.crops: list[str] = []
+        self.frames_by_name: Counter = Counter()
+        self.stopped = False
+
+    def on_frame(self, r: FrameResult) -> None:
+        self._jsonl.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+        self._since_flush += 1
+        if self._since_flush >= 30:
+            self._jsonl.flush()
+            self._since_flush = 0
+        if self.video is not None:
+            self.video.write(r.annotated())
+        for f in r.faces:
+            self.frames_by_name[f["name"]] += 1
+        if self.window is not None:
+            cv2.imshow(self.window, r.annotated())
+            if (cv2.waitKey(1) & 0xFF) in (ord("q"), 27):
+                self.stopped = True
+                self.stop.set()
+
+    def on_track_end(self, t: TrackIdentity) -> None:
+        keep = self.config.save_crops and (t.name != UNKNOWN or self.config.save_unknown_crops)
+        if t.best_crop is not None and keep:
+            rel = crop_file(t.name, t.track_id)
+            path = self.dir / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if cv2.imwrite(str(path), t.best_crop, [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality]):
+                t.crop_path = rel
+                self.crops.append(rel)
+        t.best_crop = None
+
+    def close(self) -> None:
+        self._jsonl.close()
+        if self.video is not None:
+            self.video.close()
+
+
+def _open(source: str | int | Path, window: str | None) -> tuple[Any, VideoInfo]:
+    cap, info = open_capture(source)
+    try:
+        if info.width <= 0 or info.height <= 0:
+            ok, first = cap.read()
+            if not ok:
+                raise BadImageError(f"cannot read a frame from {source}")
+            info = VideoInfo(first.shape[1], first.shape[0], info.fps, info.frames, info.live)
+            if not info.live:
+                cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+        if window is not None:
+            if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+                raise InvalidRequestError("cannot show the video: no display (DISPLAY is not set); run without --show")
+            try:
+                cv2.namedWindow(window, cv2.WINDOW_NORMAL)
+            except cv2.error as exc:
+                raise InvalidRequestError(f"cannot open a window to show the video: {exc}") from None
+    except BaseException:
+        cap.release()
+        raise
+    return cap, info
+
+
+def process_video(
+    source: str | int | Path,
+    out_dir: str | Path,
+    recognizer: Any,
+    gallery: str = "default",
+    config: VideoConfig | None = None,
+    *,
+    progress: ProgressFn | None = None,
+    hooks: Iterable[Hooks] = (),
+    stop: threading.Event | None = None,
+    show: bool = False,
+    max_frames: int | None = None,
+    attributes: Any = None,
+    analyzer: Any = None,
+    detector: Any = None,
+) -> dict[str, Any]:
+    """Run the processor on a file (path) or a camera (int); returns the summary (also ``summary.json``).
+
+    ``hooks`` see the results too (after the files are written).  ``stop`` ends the
+    run cleanly (what was written is kept, ``stopped`` is true); so does Ctrl-C
+    (``KeyboardInterrupt``) and ``q`` in the ``show`` window.  ``max_frames`` fails
+    the run with :class:`ImageTooLargeError` once more frames than that have been read.
+    """
+    config = config or VideoConfig()
+    window = "facerec" if show else None
+    out = Path(out_dir)
+    stop = stop or threading.Event()
+    cap, info = _open(source, window)
+    outputs = _Outputs(out, info, config, window, stop)
+    proc = VideoProcessor(recognizer, gallery, config, fps=info.fps, live=info.live, attributes=attributes,
+                          analyzer=analyzer, detector=detector, hooks=[outputs, *hooks])
+    meter = RateMeter()
+    t0 = time.perf_counter()
+    n_read = 0
+    stopped = False
+    error: BaseException | None = None
+    reader = FrameReader(cap, stop=stop)
+    try:
+        for index, frame in reader:
+            if frame.shape[1] != info.width or frame.shape[0] != info.height:
+                frame = cv2.resize(frame, (info.width, info.height), interpolation=cv2.INTER_AREA)
+            n_read += 1
+            if max_frames is not None and n_read > max_frames:
+                raise ImageTooLargeError(f"the video has more than {max_frames} frames (the limit)")
+            proc.push(index, frame, (time.perf_counter() - t0) if info.live else None)
+            if progress is not None:
+                progress(n_read, info.frames, meter.tick())
+            if stop.is_set():
+                break
+        stopped = stop.is_set()
+    except KeyboardInterrupt:
+        stopped = True
+        stop.set()
+    except BaseException as exc:
+        error = exc
+    finally:
+        reader.close()
+        try:
+            proc.finish()
+        finally:
+            outputs.close()
+            if window is not None:
+                cv2.destroyWindow(window)
+    elapsed = time.perf_counter() - t0
+    tracks = [t.to_dict() for t in proc.tracks]
+    atomic_json(out / TRACKS_FILE, tracks)
+    summary = {
+        "source": str(source),
+        "video": info.to_dict(),
+        "frames": n_read,
+        "seconds": round(elapsed, 3),
+        "fps": round(n_read / elapsed, 2) if elapsed > 0 else None,
+        "tracks": len(tracks),
+        "named_tracks": sum(1 for t in tracks if t["name"] != UNKNOWN),
+        "people": people_summary(tracks, outputs.frames_by_name),
+        "name_switches": proc.book.switches,
+        "scene_cuts": proc.stats["scene_cuts"],
+        "embeddings": proc.stats["embeddings"],
+        "stage_seconds": {k: round(v, 3) for k, v in proc.times.items()},
+        "gallery": gallery,
+        **proc.judge.facts(),
+        "decision": config.decision,
+        "stopped": stopped or outputs.stopped,
+        "outputs": {
+            "frames": FRAMES_FILE,
+            "tracks": TRACKS_FILE,
+            "video": VIDEO_FILE if config.write_video else None,
+            "crops": outputs.crops,
+        },
+    }
+    if error is not None:
+        summary["error"] = getattr(error, "message", str(error))
+    atomic_json(out / SUMMARY_FILE, summary)
+    if error is not None:
+        raise error
+    return summary
