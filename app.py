@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        from modules.gallery import resolve_database_url
+        from modules.storage import resolve_database_url
         from modules.worker import queue_url_from_env
 
         settings = Settings(

@@ -71,7 +71,7 @@ def make_video(src: Path, dest: Path, seconds: float, size: tuple[int, int] = (1
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.video import load_labels
-    from modules.gallery import SQLiteGallery
+    from modules.storage import open_gallery
     from modules.recognizer import FaceRecognizer
     from modules.video.chunks import ChunkPolicy
     from modules.video.jobs import JobLimits, JobManager
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             url = redis.url + "/0"
         data = tmp / "data"
         data.mkdir()
-        gallery = SQLiteGallery(data / "gallery.db")
+        gallery = open_gallery(data / "gallery.db")
         rec = FaceRecognizer(args.config, gallery)
         for person, rels in labels["enroll"].items():
             rec.enroll("default", person, [CLIP_DIR / r for r in rels])

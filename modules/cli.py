@@ -48,7 +48,7 @@ def list_people_dir(people_dir: Path) -> dict[str, list[Path]]:
 
 
 def _open(args: argparse.Namespace, with_models: bool = True):
-    from .gallery import open_gallery, resolve_database_url
+    from .storage import open_gallery, resolve_database_url
 
     gallery = open_gallery(gallery_location(args.data_dir, resolve_database_url(args.database_url)))
     if not with_models:
@@ -127,7 +127,7 @@ def cmd_reembed(args):
 
 
 def cmd_import_pickle(args):
-    from .legacy import import_legacy_pickle
+    from .storage import import_legacy_pickle
 
     _, gallery = _open(args, with_models=False)
     _print(import_legacy_pickle(gallery, Path(args.file), args.gallery, args.embedder, trusted=args.trusted))
@@ -135,7 +135,7 @@ def cmd_import_pickle(args):
 
 def cmd_export_pickle(args):
     from .config import load_config
-    from .legacy import export_legacy_pickle
+    from .storage import export_legacy_pickle
 
     _, gallery = _open(args, with_models=False)
     embedder_id = args.embedder or load_config(args.config).name

@@ -87,7 +87,7 @@ class _Models:
 
 
 def build_worker(args: argparse.Namespace) -> Any:
-    from .gallery import open_gallery, resolve_database_url
+    from .storage import open_gallery, resolve_database_url
     from .video.queue import RedisQueueExecutor, TaskContext, make_worker_class, set_worker_context, worker_name
     from .video.store import job_store_location, open_job_store
 

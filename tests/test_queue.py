@@ -68,10 +68,10 @@ def _enroll(rec, clip_dir, labels):
 
 @pytest.fixture(scope="module")
 def queue_rec(recognizer, clip_dir, labels, tmp_path_factory):
-    from modules.gallery import SQLiteGallery
+    from modules.storage import open_gallery
     from modules.recognizer import FaceRecognizer
 
-    g = SQLiteGallery(tmp_path_factory.mktemp("queue-gallery") / "gallery.db")
+    g = open_gallery(tmp_path_factory.mktemp("queue-gallery") / "gallery.db")
     rec = FaceRecognizer(recognizer.config, g, detector=recognizer.detector, embedder=recognizer.embedder)
     _enroll(rec, clip_dir, labels)
     yield rec
@@ -386,7 +386,7 @@ def test_sigkilled_worker_job_is_retried_on_another_worker(queue_app, workers, c
 
 
 def test_sigkilled_worker_without_retries_fails_the_job_cleanly(queue_rec, clip, redis_url, workers, tmp_path):
-    from modules.gallery import SQLiteGallery
+    from modules.storage import open_gallery
     from modules.video.chunks import ChunkPolicy
     from modules.video.jobs import JobManager
     from modules.video.queue import RedisQueueExecutor
@@ -394,7 +394,7 @@ def test_sigkilled_worker_without_retries_fails_the_job_cleanly(queue_rec, clip,
 
     data = tmp_path / "data"
     data.mkdir()
-    g = SQLiteGallery(data / "gallery.db")  # the workers' gallery (what create_app would make)
+    g = open_gallery(data / "gallery.db")  # the workers' gallery (what create_app would make)
     g.ensure_gallery("default")
     g.close()
     store = open_job_store(data / "jobs.db")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, FaceRecError, InvalidRequestError, NotFoundError
-from ..gallery import validate_name
+from ..storage import validate_name
 
 KEY_PREFIX = "frk"
 _KEY_RE = re.compile(r"^frk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")

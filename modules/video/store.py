@@ -33,7 +33,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
@@ -100,6 +100,39 @@ SCHEMA = [
         PRIMARY KEY (job_id, frame)
     )""",
 ]
+
+
+def open_pool(
+    url: str,
+    *,
+    name: str,
+    min_size: int,
+    max_size: int,
+    configure: Callable[[Any], None],
+    timeout_s: float,
+    unavailable: Callable[[Exception], FaceRecError],
+) -> Any:
+    """An open psycopg connection pool (transactions, not autocommit) for this process.
+
+    ``unavailable`` turns a connection time-out into the caller's typed error.
+    """
+    from psycopg_pool import ConnectionPool, PoolTimeout
+
+    pool = ConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max(min_size, max_size),
+        kwargs={"autocommit": False},
+        configure=configure,
+        open=False,
+        name=f"{name}-{os.getpid()}",
+    )
+    try:
+        pool.open(wait=True, timeout=timeout_s)
+    except PoolTimeout as exc:
+        pool.close()
+        raise unavailable(exc) from exc
+    return pool
 
 
 class JobNotFoundError(NotFoundError):
@@ -521,8 +554,6 @@ class PostgresJobStore(JobStore):
             raise ConfigError(f"cannot prepare the job tables in {self!r}: {exc}") from exc
 
     def _get_pool(self) -> Any:
-        from ..gallery.postgres import open_pool
-
         if os.getpid() != self._pid:  # forked (gunicorn): open our own pool, leave the parent's alone
             self._pool, self._pid, self._pool_lock = None, os.getpid(), threading.Lock()
         if self._pool is None:
