@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .engine import database_url, is_sqlite
-from .gallery import SCHEMA_VERSION, GalleryStore
+from .gallery import GalleryStore
+from .maintenance import SCHEMA_VERSION
 from .legacy_pickles import export_legacy_pickle, import_legacy_pickle, restricted_loads
 from .records import (
     MAX_NAME_LEN,
