@@ -253,8 +253,8 @@ class SQLiteGallery(GalleryStore):
         """The gallery's search structure, brought up to date only if its generation moved."""
         if os.getpid() != self._pid:
             self._after_fork()
-        with self._read() as conn:
-            row = conn.execute(select(galleries.c.id, galleries.c.generation).where(galleries.c.name == gallery)).first()
+        with self._read() as conn:  # the hot path of every search: plain SQL, no statement to build
+            row = conn.exec_driver_sql("SELECT id, generation FROM galleries WHERE name = ?", (gallery,)).first()
         if row is None:
             old = self._cache_ids.pop(gallery, None)
             if old is not None:  # deleted by another process: let its index go

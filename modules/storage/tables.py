@@ -166,7 +166,7 @@ faces = Table(
     CheckConstraint("vector_dims(embedding) = dim").ddl_if(dialect="postgresql"),
     sqlite_autoincrement=True,
 )
-Index("faces_person", faces.c.person_id, faces.c.id)
+Index("faces_person", faces.c.person_id, faces.c.gallery_id, faces.c.id)  # the cascade from people uses it
 Index("faces_gallery", faces.c.gallery_id, faces.c.id)
 Index("faces_gen", faces.c.gen).ddl_if(dialect="sqlite")
 Index(
