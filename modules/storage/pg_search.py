@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 import zlib
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -157,6 +158,20 @@ class PostgresGallery(GalleryStore):
         for t in list(self._builds.values()):
             t.join(timeout=0.1)
         super().close()
+
+    def _insert_faces(self, conn: Connection, gid: int, gen: int, rows: list[tuple[int, Any]]) -> list[int]:
+        """Bulk loading through ``COPY`` (ids drawn from the sequence first), in the same transaction."""
+        ids = conn.execute(text("SELECT nextval(pg_get_serial_sequence('faces', 'id')) FROM generate_series(1, :n)"),
+                           {"n": len(rows)}).scalars().all()
+        now = datetime.now(timezone.utc)
+        with conn.connection.driver_connection.cursor() as cur, cur.copy(
+            "COPY faces (id, person_id, gallery_id, embedder, dim, embedding, crop_png, source, source_sha256, box,"
+            " landmarks, det_score, created_at, gen) FROM STDIN"
+        ) as copy:
+            for fid, (pid, f) in zip(ids, rows):
+                copy.write_row((fid, pid, gid, f.embedder, f.dim, vector_text(f.embedding), f.crop_png, f.source,
+                                f.source_sha256, f.box_json, f.landmarks_json, f.det_score, now, gen))
+        return [int(i) for i in ids]
 
     # --- search -------------------------------------------------------------------------------------------
     @staticmethod
