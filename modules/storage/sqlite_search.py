@@ -460,7 +460,8 @@ class SQLiteGallery(GalleryStore):
         with self._read() as conn:
             for s in range(0, len(person_ids), 500):
                 chunk = person_ids[s : s + 500]
-                names.update(conn.execute(select(people.c.id, people.c.name).where(people.c.id.in_(chunk))).all())
+                names.update(conn.exec_driver_sql(f"SELECT id, name FROM people WHERE id IN ({','.join('?' * len(chunk))})",
+                                                  tuple(chunk)).all())
         return [
             [Candidate(person=names[pid], similarity=float(np.clip(sim, -1.0, 1.0)), person_id=pid, face_id=fid)
              for pid, fid, sim in row if pid in names]  # (a person deleted since the generation check is left out)
