@@ -11,10 +11,10 @@ top-1 person of every query (the person of its nearest face) is the ground
 truth for recall@1.
 
 Each backend runs in a fresh process so that its memory and start-up are its
-own: ``numpy`` is :class:`SQLiteGallery` with ``ann_threshold=None`` (the whole
-gallery as one float32 matrix), ``ann`` is :class:`SQLiteGallery` with its
+own: ``numpy`` is the SQLite gallery with ``ann_threshold=None`` (the whole
+gallery as one float32 matrix), ``ann`` is the SQLite gallery with its
 hnswlib index (cold: built from the database; warm: loaded from the saved
-index and caught up), ``pgvector`` is :class:`PostgresGallery` against a
+index and caught up), ``pgvector`` is the PostgreSQL gallery against a
 throwaway PostgreSQL 16 + pgvector 0.6.2 server started from the ``pgserver``
 package (or ``--pg-url``).  Measured per backend: top-1 search latency p50/p99
 (one query per call, as the API does), recall@1 against exact search, memory
@@ -280,7 +280,7 @@ def latencies(store: Any, queries: np.ndarray, model_id: str, top_k: int = 1) ->
 def enroll_with_searches(store: Any, extra: np.ndarray, model_id: str, batches: int, per_batch: int) -> dict:
     """Small enrollments (``per_batch`` faces of new people) each followed by a search, as a live service does;
     then the same people deleted one by one (the gallery is left as it was)."""
-    from modules.gallery import NewFace
+    from modules.storage import NewFace
 
     add_ms, search_ms = [], []
     names = []
@@ -314,8 +314,8 @@ def enroll_with_searches(store: Any, extra: np.ndarray, model_id: str, batches: 
 
 def worker(args: dict) -> dict:
     """One backend in a fresh process: open, first answer, latency sweep, live enrollment."""
-    from modules.gallery import open_gallery
-    from modules.gallery.ann import HnswParams
+    from modules.storage import open_gallery
+    from modules.storage.ann import HnswParams
 
     queries = np.load(args["queries"])
     extra = np.load(args["extra"])[args.get("extra_offset", 0) :]
@@ -386,7 +386,7 @@ def run_worker(args: dict, timeout: float) -> dict:
 # --- filling the stores --------------------------------------------------------------------
 def fill(store: Any, ds: Dataset, batch_people: int = 1000, limit_s: float | None = None) -> dict:
     """Enroll the whole dataset through ``add_faces_many`` (``batch_people`` people per call)."""
-    from modules.gallery import NewFace
+    from modules.storage import NewFace
 
     order = np.argsort(ds.person, kind="stable")
     person_sorted = ds.person[order]
@@ -476,13 +476,13 @@ def main(argv: list[str] | None = None) -> int:
               "live_batches": a.live_batches, "refine_ef": a.refine_ef}
     db = work / "gallery.db"
     if {"numpy", "ann"} & set(backends) and not (a.reuse and db.exists()):
-        from modules.gallery import SQLiteGallery
+        from modules.storage import open_gallery
 
         for p in work.glob("gallery.db*"):
             if p.is_file():
                 p.unlink()
         log("filling SQLite through add_faces_many...")
-        store = SQLiteGallery(db, ann_threshold=None)
+        store = open_gallery(db, ann_threshold=None)
         result["sqlite_bulk_enroll"] = fill(store, ds)
         store.close()
         result["sqlite_file_mb"] = round(db.stat().st_size / 2**20, 1)
@@ -539,7 +539,8 @@ def main(argv: list[str] | None = None) -> int:
 def bench_pgvector(
     a: argparse.Namespace, ds: Dataset, common: dict, work: Path, recall: Any, log: Any, pg_sweep: list
 ) -> dict:
-    from modules.gallery.postgres import PostgresGallery
+    from modules.errors import GalleryNotFoundError
+    from modules.storage.pg_search import PostgresGallery
     from tests.pg_fixtures import start_throwaway_postgres
 
     server = None
@@ -561,8 +562,10 @@ def bench_pgvector(
         store = PostgresGallery(url, ann_threshold=a.threshold, ann_autobuild="off", hnsw_m=a.pg_m,
                                 hnsw_ef_construction=a.pg_ef_construction,
                                 maintenance_work_mem=a.pg_maintenance_work_mem, build_workers=1)
-        with store._conn() as conn:  # a re-run on --pg-url starts from an empty gallery
-            conn.execute("DELETE FROM galleries WHERE name = %s", (GALLERY,))
+        try:  # a re-run on --pg-url starts from an empty gallery
+            store.delete_gallery(GALLERY)
+        except GalleryNotFoundError:
+            pass
         log("filling PostgreSQL through add_faces_many (COPY, no index yet)...")
         out["bulk_enroll"] = fill(store, ds)
         log(f"  {out['bulk_enroll']}")

@@ -27,7 +27,7 @@ from modules.face import UNKNOWN
 
 
 def evaluate(set_dir: Path, config: str | None = None, policy: str = "center", progress: bool = True) -> dict:
-    from modules.gallery import NewFace, SQLiteGallery
+    from modules.storage import NewFace, open_gallery
     from modules.recognizer import FaceRecognizer
 
     gallery_rows = read_csv(set_dir / "gallery.csv")
@@ -35,7 +35,7 @@ def evaluate(set_dir: Path, config: str | None = None, policy: str = "center", p
     root = find_set_root(set_dir / "gallery.csv")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        store = SQLiteGallery(Path(tmp) / "gallery.db")
+        store = open_gallery(Path(tmp) / "gallery.db")
         rec = FaceRecognizer(config, store)
         # gallery images are embedded as enrollment does, probes as /recognition does
         emb = embed_images(rec, root, [r["path"] for r in gallery_rows], policy=policy, progress=progress)

@@ -36,7 +36,7 @@ def one_face_640x480(path: Path) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from modules.gallery import NewFace, SQLiteGallery
+    from modules.storage import NewFace, open_gallery
     from modules.recognizer import FaceRecognizer
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     data = one_face_640x480(args.image)
     with tempfile.TemporaryDirectory() as tmp:
-        store = SQLiteGallery(Path(tmp) / "g.db")
+        store = open_gallery(Path(tmp) / "g.db")
         rec = FaceRecognizer(args.config, store)
         rng = np.random.default_rng(0)
         people = {f"person_{i:03d}": [NewFace(embedding=v / np.linalg.norm(v), embedder=rec.model_id)]

@@ -71,11 +71,11 @@ def make_video(src: Path, dest: Path, seconds: float, size: tuple[int, int] = (1
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.video import load_labels
-    from modules.gallery import SQLiteGallery
     from modules.jobs import ChunkPolicy, JobLimits, JobManager
     from modules.jobs.executors import RedisQueueExecutor
+    from modules.storage import open_gallery
     from modules.recognizer import FaceRecognizer
-    from modules.video.store import open_job_store
+    from modules.storage.jobs import open_job_store
     from tests.redis_fixtures import WorkerProcess, start_throwaway_redis, wait_for_workers
 
     tmp = Path(tempfile.mkdtemp(prefix="facerec-video-scale-"))
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             url = redis.url + "/0"
         data = tmp / "data"
         data.mkdir()
-        gallery = SQLiteGallery(data / "gallery.db")
+        gallery = open_gallery(data / "gallery.db")
         rec = FaceRecognizer(args.config, gallery)
         for person, rels in labels["enroll"].items():
             rec.enroll("default", person, [CLIP_DIR / r for r in rels])

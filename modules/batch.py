@@ -84,7 +84,7 @@ class EnrollReport:
 
 def enroll_folder(rec: Any, people_dir: Path, gallery: str) -> EnrollReport:
     """Enroll one face (the largest) of every image of ``<name>/<images>``; bad images are skipped and reported."""
-    from .gallery import validate_name
+    from .storage import validate_name
 
     report = EnrollReport()
     prepared: dict[str, list[Any]] = {}
@@ -127,7 +127,7 @@ def open_for_script(
     args: argparse.Namespace, log: Callable[[str], None] | None = None
 ) -> tuple[Any, str, Callable[[], None]]:
     """The recognizer with its gallery ready: ``(recognizer, gallery name, cleanup)``."""
-    from .gallery import open_gallery, resolve_database_url
+    from .storage import open_gallery, resolve_database_url
     from .recognizer import FaceRecognizer
 
     log = log or (lambda m: print(m, file=sys.stderr))

@@ -25,7 +25,6 @@ import json
 import sys
 from pathlib import Path
 
-from .config import gallery_location
 from .errors import FaceRecError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -48,9 +47,10 @@ def list_people_dir(people_dir: Path) -> dict[str, list[Path]]:
 
 
 def _open(args: argparse.Namespace, with_models: bool = True):
-    from .gallery import open_gallery, resolve_database_url
+    from .settings import load_settings
+    from .storage import open_gallery
 
-    gallery = open_gallery(gallery_location(args.data_dir, resolve_database_url(args.database_url)))
+    gallery = open_gallery(load_settings(data_dir=args.data_dir, gallery_url=args.database_url).gallery_location)
     if not with_models:
         return None, gallery
     from .recognizer import FaceRecognizer
@@ -127,7 +127,7 @@ def cmd_reembed(args):
 
 
 def cmd_import_pickle(args):
-    from .legacy import import_legacy_pickle
+    from .storage import import_legacy_pickle
 
     _, gallery = _open(args, with_models=False)
     _print(import_legacy_pickle(gallery, Path(args.file), args.gallery, args.embedder, trusted=args.trusted))
@@ -135,7 +135,7 @@ def cmd_import_pickle(args):
 
 def cmd_export_pickle(args):
     from .config import load_config
-    from .legacy import export_legacy_pickle
+    from .storage import export_legacy_pickle
 
     _, gallery = _open(args, with_models=False)
     embedder_id = args.embedder or load_config(args.config).name
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m modules.cli", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", default="data", help="folder holding gallery.db (default ./data)")
+    common.add_argument("--data-dir", default=None, help="folder holding gallery.db (default $FACEREC_DATA_DIR or ./data)")
     common.add_argument("--database-url", default=None,
                         help="gallery database URL, e.g. postgresql://... (default $DATABASE_URL, else --data-dir)")
     common.add_argument("--config", default=None, help="embedder YAML (default configs/sface.yaml)")

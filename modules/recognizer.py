@@ -139,7 +139,7 @@ class FaceRecognizer:
             QualityGate(**q.model_dump(exclude={"enabled"})) if q.enabled else None
         )
         if isinstance(gallery, (str, Path)):
-            from .gallery import open_gallery
+            from .storage import open_gallery
 
             gallery = open_gallery(gallery)
         self.gallery = gallery
@@ -290,7 +290,7 @@ class FaceRecognizer:
         gate refuses small, blurred or turned-away faces with
         :class:`~modules.errors.LowQualityFaceError` naming the image and the reasons.
         """
-        from .gallery import NewFace
+        from .storage import NewFace
 
         images = list(images)
         if not images:

@@ -75,8 +75,8 @@ class QueueSettings(BaseSettings):
     model_config = _config(PREFIX + "QUEUE_")
     name: str = Field("facerec-video", min_length=1)
     retries: NonNegativeInt = 2
-    task_timeout: PositiveInt = 6 * 3600
-    cleanup_interval: float = Field(15.0, gt=0)
+    task_timeout: PositiveInt = 3600
+    cleanup_interval: float = Field(10.0, gt=0)
     heartbeat_ttl: PositiveInt = 30
 
 

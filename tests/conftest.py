@@ -44,9 +44,9 @@ def fr_images(shared_data) -> Path:
 
 @pytest.fixture()
 def gallery(tmp_path):
-    from modules.gallery import SQLiteGallery
+    from modules.storage import open_gallery
 
-    g = SQLiteGallery(tmp_path / "gallery.db")
+    g = open_gallery(tmp_path / "gallery.db")
     yield g
     g.close()
 

@@ -72,7 +72,7 @@ def test_pickle_import_needs_trust_and_export_round_trips(data_dir, tmp_path):
     out = tmp_path / "out.pkl"
     p = run_cli("export-pickle", str(out), "--gallery", "legacy", "--embedder", "arc_res50", data_dir=data_dir)
     assert p.returncode == 0, p.stderr
-    from modules.legacy import restricted_loads
+    from modules.storage import restricted_loads
 
     back = restricted_loads(out.read_bytes())
     assert sorted(back) == ["alice", "bob"] and back["alice"].shape == (512,)

@@ -12,8 +12,9 @@ import psycopg
 import pytest
 
 from modules.errors import ConfigError
-from modules.gallery import NewFace, open_gallery
-from modules.gallery.postgres import MIGRATIONS, PostgresGallery, index_name
+from modules.storage import NewFace, open_gallery
+from modules.storage.migrate import head
+from modules.storage.pg_search import PostgresGallery, index_name
 from tests.test_gallery import ANN_THRESHOLD, brute_force, check_pg_counters, enroll_crowd, unit
 
 
@@ -100,7 +101,7 @@ def test_servers_starting_together_migrate_once(pg_url):
     for t in threads:
         t.join()
     assert errors == [] and len(stores) == 4
-    assert sql(pg_url, "SELECT version FROM gallery_schema_migrations ORDER BY 1") == [(v,) for v, _, _ in MIGRATIONS]
+    assert sql(pg_url, "SELECT version_num FROM facerec_schema") == [(head("gallery"),)]
     stores[0].add_faces("main", "a", [NewFace(unit(np.random.default_rng(0), 1)[0], "m1")])
     assert all(s.num_people("main") == 1 for s in stores)
     for s in stores:

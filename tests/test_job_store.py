@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from modules.errors import ServiceUnavailableError
 from modules.storage.engine import get_engine
-from modules.storage.jobs import ACTIVE, JobNotFoundError, job_store_location, metadata, now_iso, open_job_store
+from modules.storage.jobs import ACTIVE, JobNotFoundError, metadata, now_iso, open_job_store
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy"
 JOB = "11111111-1111-4111-8111-111111111111"
@@ -195,12 +195,6 @@ def test_a_forked_child_uses_its_own_connections(tmp_path):
         tx.update_job(JOB, status="done")
     assert store.active() == []
     store.close()
-
-
-def test_job_store_location():
-    assert job_store_location("data", None) == Path("data") / "jobs.db"
-    assert job_store_location("data", "sqlite:///g.db") == Path("data") / "jobs.db"
-    assert job_store_location("data", "postgres://u@h/db") == "postgres://u@h/db"
 
 
 # --- databases written by the previous version ----------------------------------------------------------------

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from modules.errors import ConflictError, EmbedderMismatchError, InvalidRequestError, UntrustedPickleError
-from modules.gallery import NewFace, SQLiteGallery
-from modules.legacy import export_legacy_pickle, import_legacy_pickle, restricted_loads
+from modules.storage import GalleryStore, NewFace, export_legacy_pickle, import_legacy_pickle, open_gallery, restricted_loads
 
 DIM = 12
 
@@ -29,7 +28,7 @@ def rng() -> np.random.Generator:
 
 @pytest.fixture
 def store(tmp_path: Path):
-    s = SQLiteGallery(tmp_path / "gallery.db")
+    s = open_gallery(tmp_path / "gallery.db")
     yield s
     s.close()
 
@@ -39,7 +38,7 @@ def dump(path: Path, obj, protocol: int = 4) -> Path:
     return path
 
 
-def db_rows(store: SQLiteGallery) -> tuple[int, int, int]:
+def db_rows(store: GalleryStore) -> tuple[int, int, int]:
     conn = sqlite3.connect(store.path)
     try:
         return tuple(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("galleries", "people", "faces"))

@@ -68,10 +68,10 @@ def _enroll(rec, clip_dir, labels):
 
 @pytest.fixture(scope="module")
 def queue_rec(recognizer, clip_dir, labels, tmp_path_factory):
-    from modules.gallery import SQLiteGallery
+    from modules.storage import open_gallery
     from modules.recognizer import FaceRecognizer
 
-    g = SQLiteGallery(tmp_path_factory.mktemp("queue-gallery") / "gallery.db")
+    g = open_gallery(tmp_path_factory.mktemp("queue-gallery") / "gallery.db")
     rec = FaceRecognizer(recognizer.config, g, detector=recognizer.detector, embedder=recognizer.embedder)
     _enroll(rec, clip_dir, labels)
     yield rec
@@ -113,11 +113,19 @@ def test_chunk_plan():
     assert len(ranges) == 10 and ranges[0] == (0, 1800) and ranges[-1] == (16200, None)
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
     assert ChunkPolicy(chunk_seconds=0).plan(10**6, 30.0, 8) == [(0, None)]
-    assert ChunkPolicy.from_env({"FACEREC_VIDEO_CHUNK_SECONDS": "5"}).chunk_seconds == 5.0
-    from modules.errors import ConfigError
 
-    with pytest.raises(ConfigError):
-        ChunkPolicy.from_env({"FACEREC_VIDEO_CHUNK_SECONDS": "soon"})
+
+def test_chunk_policy_from_the_settings_tree(monkeypatch):
+    from modules.errors import ConfigError
+    from modules.jobs.chunks import ChunkPolicy
+    from modules.settings import load_settings
+
+    monkeypatch.setenv("FACEREC_VIDEO_CHUNK_SECONDS", "5")
+    assert ChunkPolicy.from_settings(load_settings()).chunk_seconds == 5.0
+    assert ChunkPolicy.from_settings(load_settings(video_chunk_seconds=3.0)).chunk_seconds == 3.0  # the flag wins
+    monkeypatch.setenv("FACEREC_VIDEO_CHUNK_SECONDS", "soon")
+    with pytest.raises(ConfigError, match="FACEREC_VIDEO_CHUNK_SECONDS"):
+        load_settings()
 
 
 def _face(tid, box, name=UNKNOWN, sim=0.1):
@@ -190,7 +198,7 @@ def test_join_redecides_conflicting_pieces_on_all_evidence():
 
 def test_store_fences_stale_attempts_and_commits_atomically(tmp_path):
     from modules.jobs.tasks import Superseded, fenced
-    from modules.video.store import open_job_store
+    from modules.storage.jobs import open_job_store
 
     store = open_job_store(tmp_path / "jobs.db")
     assert not (tmp_path / "jobs.db").exists() and store.list() == []  # nothing written until a job exists
@@ -385,14 +393,14 @@ def test_sigkilled_worker_job_is_retried_on_another_worker(queue_app, workers, c
 
 
 def test_sigkilled_worker_without_retries_fails_the_job_cleanly(queue_rec, clip, redis_url, workers, tmp_path):
-    from modules.gallery import SQLiteGallery
     from modules.jobs import ChunkPolicy, JobManager
     from modules.jobs.executors import RedisQueueExecutor
-    from modules.video.store import open_job_store
+    from modules.storage import open_gallery
+    from modules.storage.jobs import open_job_store
 
     data = tmp_path / "data"
     data.mkdir()
-    g = SQLiteGallery(data / "gallery.db")  # the workers' gallery (what create_app would make)
+    g = open_gallery(data / "gallery.db")  # the workers' gallery (what create_app would make)
     g.ensure_gallery("default")
     g.close()
     store = open_job_store(data / "jobs.db")

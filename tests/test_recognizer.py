@@ -9,7 +9,7 @@ import pytest
 from modules.config import load_config
 from modules.errors import BadImageError, ConfigError, EmbedderMismatchError, GalleryNotFoundError, NoFaceError
 from modules.face import UNKNOWN
-from modules.gallery import NewFace
+from modules.storage import NewFace
 
 
 @pytest.fixture()

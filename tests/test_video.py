@@ -35,10 +35,10 @@ def labels(clip_dir):
 @pytest.fixture(scope="module")
 def video_rec(recognizer, clip_dir, labels, tmp_path_factory):
     """The session's models with a gallery of the clip's three enrolled people."""
-    from modules.gallery import SQLiteGallery
+    from modules.storage import open_gallery
     from modules.recognizer import FaceRecognizer
 
-    g = SQLiteGallery(tmp_path_factory.mktemp("video-gallery") / "gallery.db")
+    g = open_gallery(tmp_path_factory.mktemp("video-gallery") / "gallery.db")
     rec = FaceRecognizer(recognizer.config, g, detector=recognizer.detector, embedder=recognizer.embedder)
     for person, rels in labels["enroll"].items():
         rec.enroll("default", person, [clip_dir / r for r in rels])
@@ -100,12 +100,12 @@ def test_nobody_not_enrolled_gets_a_known_name(run, labels):
 def test_profile_segment_with_the_arcface_config(video_rec, clip_dir, labels, tmp_path):
     """All required segments >= 90 % (and no false names) with the opt-in w600k_mbf embedder."""
     from modules.config import resolve_config_path
-    from modules.gallery import SQLiteGallery
+    from modules.storage import open_gallery
     from modules.recognizer import FaceRecognizer
     from modules.video import VideoConfig, process_video
 
     cfg_path = resolve_config_path("w600k_mbf")
-    g = SQLiteGallery(tmp_path / "g.db")
+    g = open_gallery(tmp_path / "g.db")
     rec = FaceRecognizer(cfg_path, g, detector=video_rec.detector)
     for person, rels in labels["enroll"].items():
         rec.enroll("default", person, [clip_dir / r for r in rels])
@@ -128,11 +128,11 @@ def test_profile_segment_with_better_enrollment_photos(video_rec, clip_dir, labe
     no higher than against Miranda. With one more photo of him, taken apart from the clip, the same pipeline
     and thresholds name every required segment, and nobody else.
     """
-    from modules.gallery import SQLiteGallery
+    from modules.storage import open_gallery
     from modules.recognizer import FaceRecognizer
     from modules.video import VideoConfig, process_video
 
-    g = SQLiteGallery(tmp_path / "g.db")
+    g = open_gallery(tmp_path / "g.db")
     rec = FaceRecognizer(video_rec.config, g, detector=video_rec.detector, embedder=video_rec.embedder)
     try:
         for person, rels in labels["enroll"].items():
@@ -425,7 +425,7 @@ def test_job_limits_and_bad_input(manager_factory, short_clip, clip_dir, labels)
 
 def test_job_ids_are_validated():
     from modules.jobs import validate_job_id
-    from modules.video.store import JobNotFoundError
+    from modules.storage.jobs import JobNotFoundError
 
     for bad in ["../../etc/passwd", "..", "", "x" * 36, "00000000-0000-4000-8000-00000000000/", 5, None]:
         with pytest.raises(JobNotFoundError):

@@ -115,7 +115,7 @@ def create_app(
 
         raise ConfigError(f"cannot create the data directory {settings.data_dir}: {exc}") from exc
     if gallery is None:
-        from ..gallery import open_gallery
+        from ..storage import open_gallery
 
         gallery = open_gallery(settings.gallery_location)
     rec = _build_recognizer(settings, gallery, recognizer)

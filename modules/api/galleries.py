@@ -15,7 +15,7 @@ from flask import Response
 from flask_openapi3 import APIBlueprint
 
 from ..errors import FaceNotFoundError, InvalidRequestError
-from ..gallery import validate_name
+from ..storage import validate_name
 from . import pipeline
 from .auth import admin_only, authorize_gallery, visible
 from .common import (

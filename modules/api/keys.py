@@ -9,11 +9,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
 from ..errors import FaceRecError
+from ..settings import load_settings
 from ..storage.keys import ALL_GALLERIES, ApiKey, KeyStore, hash_key
 
 __all__ = ["ALL_GALLERIES", "ApiKey", "KeyStore", "hash_key", "main"]
@@ -23,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m modules.api.keys", description="Manage the service's API keys.")
     ap.add_argument(
         "--data-dir",
-        default=os.environ.get("FACEREC_DATA_DIR", "data"),
+        default=None,
         help="the server's data directory (default: $FACEREC_DATA_DIR or ./data)",
     )
     sub = ap.add_subparsers(dest="command", required=True)
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("key_id")
     args = ap.parse_args(argv)
     try:
-        store = KeyStore(Path(args.data_dir) / "keys.db")
+        store = KeyStore(load_settings(data_dir=args.data_dir).keys_path)
         if args.command == "create":
             key, rec = store.create(args.gallery, admin=args.admin, label=args.label)
             print(key)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ConflictError, GalleryNotFoundError, InvalidRequestError
 from ..face import UNKNOWN, Identification
-from ..gallery.base import mismatch_error
+from ..storage import mismatch_error
 from ..recognizer import RecognitionResult, RecognizedFace
 from .inputs import Upload
 from .schemas import DetectOptions, IdentifyOptions

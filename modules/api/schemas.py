@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..gallery.base import MAX_NAME_LEN
+from ..storage import MAX_NAME_LEN
 
 MAX_SQL_INT = 2**63 - 1
 MAX_TOP_K = 100

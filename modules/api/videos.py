@@ -233,7 +233,7 @@ def create_blueprint(
         if manager is not None:
             app.extensions[EXTENSION] = manager
             return
-        from ..video.store import open_job_store
+        from ..storage.jobs import open_job_store
 
         svc = app.extensions["facerec"]
         settings = svc.settings
@@ -242,14 +242,15 @@ def create_blueprint(
             app.extensions[EXTENSION] = JobManager(
                 settings.jobs_dir,
                 svc.recognizer,
-                limits=limits or JobLimits.from_env(),
+                limits=limits or settings.video,
                 video_config=video_config,
                 config_name=settings.config,
                 gallery_location=settings.gallery_location,
                 store=store,
                 own_store=True,
                 queue_url=settings.queue_url,
-                chunking=ChunkPolicy.from_env(chunk_seconds=settings.video_chunk_seconds),
+                queue=settings.queue,
+                chunking=ChunkPolicy.from_settings(settings),
             )
         except BaseException:
             store.close()

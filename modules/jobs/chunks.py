@@ -30,7 +30,6 @@ the segments concatenated (:mod:`modules.video.ranges`).
 from __future__ import annotations
 
 import math
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -68,22 +67,9 @@ class ChunkPolicy:
                 raise ConfigError(f"chunk setting {k} must be a non-negative number, got {v!r}")
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> ChunkPolicy:
-        """``FACEREC_VIDEO_CHUNK_SECONDS``, ``FACEREC_VIDEO_CHUNK_MIN_SECONDS``, ``FACEREC_VIDEO_CHUNK_OVERLAP_SECONDS``."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for name, key in (
-            ("chunk_seconds", "FACEREC_VIDEO_CHUNK_SECONDS"),
-            ("min_seconds", "FACEREC_VIDEO_CHUNK_MIN_SECONDS"),
-            ("overlap_seconds", "FACEREC_VIDEO_CHUNK_OVERLAP_SECONDS"),
-        ):
-            if env.get(key, "").strip():
-                try:
-                    values[name] = float(env[key])
-                except ValueError:
-                    raise ConfigError(f"{key} must be a number of seconds, got {env[key]!r}") from None
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+    def from_settings(cls, settings: Any) -> ChunkPolicy:
+        """From the settings tree (``FACEREC_VIDEO_CHUNK_*``; ``--chunk-seconds`` overrides the length)."""
+        return cls(settings.chunk_seconds, settings.chunks.min_seconds, settings.chunks.overlap_seconds)
 
     def overlap_frames(self, fps: float) -> int:
         return max(0, int(round(self.overlap_seconds * fps)))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import queue
 import threading
 import time
@@ -38,17 +37,19 @@ from rq.worker import SimpleWorker
 from rq.worker_registration import clean_worker_registry
 
 from ..errors import ConfigError, FaceRecError, ServiceUnavailableError
+from ..settings import QueueSettings
 from ..storage.engine import safe_url
-from ..video.store import ACTIVE
+from ..storage.jobs import ACTIVE
 from .tasks import TaskContext, execute, fail_job, worker_name
 
 log = logging.getLogger("facerec.jobs.executors")
 
-QUEUE_NAME = "facerec-video"
-DEFAULT_RETRIES = 2
-DEFAULT_TASK_TIMEOUT = 3600
-DEFAULT_HEARTBEAT_TTL = 30
-DEFAULT_CLEANUP_INTERVAL = 10
+_DEFAULTS = QueueSettings.model_fields  # one place for the defaults: the settings tree
+QUEUE_NAME: str = _DEFAULTS["name"].default
+DEFAULT_RETRIES: int = _DEFAULTS["retries"].default
+DEFAULT_TASK_TIMEOUT: int = _DEFAULTS["task_timeout"].default
+DEFAULT_HEARTBEAT_TTL: int = _DEFAULTS["heartbeat_ttl"].default
+DEFAULT_CLEANUP_INTERVAL: float = _DEFAULTS["cleanup_interval"].default
 LIVE_RQ_STATES = ("queued", "started", "deferred", "scheduled")
 KINDS = ("analyze", "join", "render", "finish")
 Plan = list[list[tuple[str, int]]]
@@ -186,25 +187,9 @@ class RedisQueueExecutor:
         return f"RedisQueueExecutor({safe_url(self.url)!r}, queue={self.queue.name!r})"
 
     @classmethod
-    def from_env(cls, url: str, environ: Any = None, **overrides: Any) -> RedisQueueExecutor:
-        """``FACEREC_QUEUE_NAME``, ``FACEREC_QUEUE_RETRIES``, ``FACEREC_QUEUE_TASK_TIMEOUT`` (s),
-        ``FACEREC_QUEUE_CLEANUP_INTERVAL`` (s), then ``overrides``."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for name, key, typ in (
-            ("queue_name", "FACEREC_QUEUE_NAME", str),
-            ("retries", "FACEREC_QUEUE_RETRIES", int),
-            ("task_timeout", "FACEREC_QUEUE_TASK_TIMEOUT", int),
-            ("cleanup_interval", "FACEREC_QUEUE_CLEANUP_INTERVAL", float),
-        ):
-            raw = (env.get(key) or "").strip()
-            if raw:
-                try:
-                    values[name] = typ(raw)
-                except ValueError:
-                    raise ConfigError(f"{key} must be a {typ.__name__}, got {raw!r}") from None
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(url, **values)
+    def from_settings(cls, url: str, queue: QueueSettings) -> RedisQueueExecutor:
+        return cls(url, queue_name=queue.name, retries=queue.retries, task_timeout=queue.task_timeout,
+                   cleanup_interval=queue.cleanup_interval)
 
     def start(self, ctx: TaskContext) -> None:
         self.ctx = ctx

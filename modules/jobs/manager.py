@@ -3,7 +3,7 @@
 :class:`JobManager` is what the API talks to, whatever runs the jobs:
 
 * state, progress, chunks, per-frame results and per-track summaries are in a
-  job store (:mod:`modules.video.store`: ``<data_dir>/jobs.db`` or the
+  job store (:mod:`modules.storage.jobs`: ``<data_dir>/jobs.db`` or the
   PostgreSQL database of the gallery), so any API server answers for any job;
 * the uploaded video, the annotated video, crops and the live frame are files
   under the storage folder (``<storage_dir>/<job_id>/``; default
@@ -38,7 +38,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,7 +55,8 @@ from ..video.config import VideoConfig
 from ..video.config import video_config as merge_video_config
 from ..video.io import VIDEO_SUFFIXES, probe
 from ..video.process import VIDEO_FILE
-from ..video.store import ACTIVE, JobNotFoundError, JobStore, now_iso, open_job_store
+from ..storage.jobs import ACTIVE, JobNotFoundError, JobStore, now_iso, open_job_store
+from ..settings import QueueSettings, VideoLimits
 from .chunks import ChunkPolicy
 from .executors import InProcessExecutor, RedisQueueExecutor
 from .recovery import RESTARTED, import_job_folders, owner_dead, validate_job_id
@@ -77,36 +77,7 @@ class JobNotReadyError(ConflictError):
     code = "job_not_ready"
 
 
-@dataclass(frozen=True)
-class JobLimits:
-    max_upload_bytes: int = 200 * 1024 * 1024
-    max_frames: int = 30 * 60 * 60  # an hour at 30 fps
-    max_duration_s: float = 3600.0
-    max_pixels: int = 3840 * 2160
-    max_running: int = 1  # in-process: CPU-bound, one task at a time per process on small machines
-    max_queued: int = 8  # in-process: waiting jobs per process
-    max_kept: int = 200  # finished jobs kept; the oldest beyond are deleted
-    max_active: int = 10_000  # with a task queue: queued + running jobs in all
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> JobLimits:
-        """``FACEREC_VIDEO_MAX_UPLOAD_BYTES``, ``..._MAX_FRAMES``, ``..._MAX_DURATION_S``, ``..._MAX_PIXELS``,
-        ``..._MAX_RUNNING``, ``..._MAX_QUEUED``, ``..._MAX_KEPT``, ``..._MAX_ACTIVE``."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for name in (f.name for f in fields(cls)):
-            key = "FACEREC_VIDEO_" + name.upper()
-            if key in env:
-                try:
-                    values[name] = (float if name == "max_duration_s" else int)(env[key].replace("_", ""))
-                except ValueError:
-                    raise ConfigError(f"{key} must be a number, got {env[key]!r}") from None
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        limits = cls(**values)
-        for k, v in asdict(limits).items():
-            if v is None or v < (0 if k == "max_queued" else 1):
-                raise ConfigError(f"video job limit {k} must be positive, got {v!r}")
-        return limits
+JobLimits = VideoLimits  # FACEREC_VIDEO_MAX_*: the settings tree's video branch
 
 
 class JobManager:
@@ -124,6 +95,7 @@ class JobManager:
         executor: Any = None,
         store: JobStore | None = None,
         queue_url: str | None = None,
+        queue: QueueSettings | None = None,
         chunking: ChunkPolicy | None = None,
         stale_after: float = 30.0,
         own_store: bool | None = None,
@@ -139,11 +111,11 @@ class JobManager:
         self._own_store = (store is None) if own_store is None else own_store
         if executor is None:
             if queue_url:
-                executor = RedisQueueExecutor.from_env(queue_url)
+                executor = RedisQueueExecutor.from_settings(queue_url, queue or QueueSettings())
             else:
                 executor = InProcessExecutor(self.limits.max_running)
         self.executor = executor
-        self.chunking = chunking or ChunkPolicy.from_env()
+        self.chunking = chunking or ChunkPolicy()
         self.stale_after = float(stale_after)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._closed = threading.Event()

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..video.store import ACTIVE, JobNotFoundError, JobStore, now_iso
+from ..storage.jobs import ACTIVE, JobNotFoundError, JobStore, now_iso
 
 STATE_FILE = "job.json"
 RESTARTED = "server restarted before the job finished"

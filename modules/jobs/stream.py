@@ -15,7 +15,7 @@ from typing import Any
 
 import cv2
 
-from ..video.store import ACTIVE, JobStore
+from ..storage.jobs import ACTIVE, JobStore
 from .tasks import LIVE_FILE
 
 MJPEG_MIMETYPE = "multipart/x-mixed-replace; boundary=frame"

@@ -44,7 +44,7 @@ from ..video.config import VideoConfig
 from ..video.process import process_video
 from ..video.processor import FrameResult, Hooks
 from ..video.ranges import analyze_range, concat_videos, render_range
-from ..video.store import ACTIVE, JobStore, Tx, now_iso
+from ..storage.jobs import ACTIVE, JobStore, Tx, now_iso
 from .chunks import join_chunks, judge_decider
 
 log = logging.getLogger("facerec.jobs")

@@ -27,43 +27,41 @@ import logging
 import os
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, FaceRecError
+from ..settings import Settings, load_settings
 
 log = logging.getLogger("facerec.worker")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from .executors import DEFAULT_CLEANUP_INTERVAL, DEFAULT_HEARTBEAT_TTL, QUEUE_NAME
-
+    """Flags left unset fall through to the settings tree (``FACEREC_*``, ``DATABASE_URL``, ``QUEUE_URL``)."""
     ap = argparse.ArgumentParser(prog="python -m modules.worker", description="Run video job tasks from a Redis queue.")
     ap.add_argument("--queue-url", default=None, help="redis://host:port/db (default: $QUEUE_URL)")
-    ap.add_argument("--data-dir", default="./data", help="default home of jobs.db, gallery.db and jobs/ (./data)")
+    ap.add_argument("--data-dir", default=None, help="default home of jobs.db, gallery.db and jobs/ (./data)")
     ap.add_argument("--database-url", default=None, help="gallery and job database (default: $DATABASE_URL)")
     ap.add_argument("--storage-dir", default=None, help="video files, shared with the API (default <data-dir>/jobs)")
     ap.add_argument("--config", default=None, help="embedder config preloaded (default configs/sface.yaml)")
     ap.add_argument("--burst", action="store_true", help="quit when the queue is empty")
     ap.add_argument("--name", default=None, help="worker name (default host.pid)")
-    ap.add_argument("--queue-name", default=os.environ.get("FACEREC_QUEUE_NAME", QUEUE_NAME))
-    ap.add_argument("--heartbeat-ttl", type=int, default=DEFAULT_HEARTBEAT_TTL,
-                    help=f"seconds without a heartbeat before a task is given up (default {DEFAULT_HEARTBEAT_TTL})")
-    ap.add_argument("--cleanup-interval", type=float, default=DEFAULT_CLEANUP_INTERVAL,
-                    help=f"seconds between checks for abandoned tasks (default {DEFAULT_CLEANUP_INTERVAL})")
+    ap.add_argument("--queue-name", default=None, help="RQ queue (default $FACEREC_QUEUE_NAME or facerec-video)")
+    ap.add_argument("--heartbeat-ttl", type=int, default=None,
+                    help="seconds without a heartbeat before a task is given up (default $FACEREC_QUEUE_HEARTBEAT_TTL or 30)")
+    ap.add_argument("--cleanup-interval", type=float, default=None,
+                    help="seconds between checks for abandoned tasks (default $FACEREC_QUEUE_CLEANUP_INTERVAL or 10)")
     ap.add_argument("--threads", type=int, default=None,
                     help="OpenCV threads of this worker (default: all cores; 1 when running one worker per core)")
     ap.add_argument("--log-level", default="INFO")
     return ap.parse_args(argv)
 
 
-def queue_url_from_env(value: str | None = None, environ: Any = None) -> str | None:
-    """``value``, else ``$QUEUE_URL``, else ``$FACEREC_QUEUE_URL``; None (in-process) when all are empty."""
-    env = os.environ if environ is None else environ
-    for v in (value, env.get("QUEUE_URL"), env.get("FACEREC_QUEUE_URL")):
-        if v is not None and str(v).strip():
-            return str(v).strip()
-    return None
+def worker_settings(args: argparse.Namespace) -> Settings:
+    """The settings tree with this worker's flags on top."""
+    settings = load_settings(data_dir=args.data_dir, gallery_url=args.database_url, queue_url=args.queue_url,
+                             storage_dir=args.storage_dir, config=args.config)
+    queue = {"name": args.queue_name, "heartbeat_ttl": args.heartbeat_ttl, "cleanup_interval": args.cleanup_interval}
+    return settings.replace(queue=settings.queue.model_copy(update={k: v for k, v in queue.items() if v is not None}))
 
 
 class _Models:
@@ -87,22 +85,21 @@ class _Models:
 
 
 def build_worker(args: argparse.Namespace) -> Any:
-    from ..gallery import open_gallery, resolve_database_url
-    from ..video.store import job_store_location, open_job_store
+    from ..storage import open_gallery
+    from ..storage.jobs import open_job_store
     from .executors import RedisQueueExecutor, VideoWorker, set_worker_context
     from .tasks import TaskContext, worker_name
 
-    url = queue_url_from_env(args.queue_url)
-    if not url:
+    settings = worker_settings(args)
+    if not settings.queue_url:
         raise ConfigError("no queue: pass --queue-url redis://host:port/db or set QUEUE_URL")
-    data_dir = Path(args.data_dir).expanduser()
-    database_url = resolve_database_url(args.database_url)
-    storage = Path(args.storage_dir).expanduser() if args.storage_dir else data_dir / "jobs"
+    storage = settings.jobs_dir
     storage.mkdir(parents=True, exist_ok=True)
-    store = open_job_store(job_store_location(data_dir, database_url))
-    gallery = open_gallery(database_url or (data_dir / "gallery.db"))
-    models = _Models(gallery, args.config)
-    executor = RedisQueueExecutor(url, queue_name=args.queue_name, cleanup_interval=args.cleanup_interval)
+    store = open_job_store(settings.jobs_database)
+    gallery = open_gallery(settings.gallery_location)
+    models = _Models(gallery, settings.config)
+    queue = settings.queue
+    executor = RedisQueueExecutor.from_settings(settings.queue_url, queue)
     name = args.name or worker_name()
     ctx = TaskContext(store=store, storage_dir=storage, recognizer_for=models.get, worker=name)
     executor.ctx = ctx
@@ -110,10 +107,10 @@ def build_worker(args: argparse.Namespace) -> Any:
         [executor.queue],
         connection=executor.redis,
         name=f"{name}.{os.urandom(2).hex()}",
-        maintenance_interval=max(1, int(args.cleanup_interval)),
+        maintenance_interval=max(1, int(queue.cleanup_interval)),
     )
-    worker.heartbeat_ttl = max(2, int(args.heartbeat_ttl))
-    worker.cleanup_interval = float(args.cleanup_interval)
+    worker.heartbeat_ttl = max(2, int(queue.heartbeat_ttl))
+    worker.cleanup_interval = float(queue.cleanup_interval)
     set_worker_context(ctx, worker)
     log.info(
         "video worker %s: queue %s on %s, jobs in %r, gallery %r, files in %s",

@@ -44,7 +44,7 @@ DEFAULT_BUSY_TIMEOUT_S = 30.0
 PRIVATE_FILE_MODE = 0o600
 PRIVATE_DIR_MODE = 0o700
 
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple, Engine] = {}
 _engines_lock = threading.Lock()
 
 
@@ -113,33 +113,44 @@ def create_private_file(path: Path) -> None:
         raise ConfigError(f"cannot create database file {path}: {exc}") from exc
 
 
-def get_engine(location: str | Path | URL, *, create: bool = True, busy_timeout_s: float | None = None) -> Engine:
-    """The process's engine for ``location`` (one per URL).
+def get_engine(
+    location: str | Path | URL,
+    *,
+    create: bool = True,
+    busy_timeout_s: float | None = None,
+    pool_size: int | None = None,
+    connect_timeout_s: float | None = None,
+) -> Engine:
+    """The process's engine for ``location`` (one per URL and set of options).
 
-    ``create=False`` refuses a missing SQLite file instead of creating it.  ``busy_timeout_s``
-    (SQLite busy timeout, PostgreSQL ``lock_timeout`` and pool wait) applies when the engine is
-    first created.
+    ``create=False`` refuses a missing SQLite file instead of creating it.  ``busy_timeout_s``:
+    SQLite busy timeout, PostgreSQL ``lock_timeout`` and pool wait; ``pool_size`` and
+    ``connect_timeout_s``: PostgreSQL's pool and connection time-out.
     """
     url = location if isinstance(location, URL) else database_url(location)
-    key = url.render_as_string(hide_password=False)
+    timeout = DEFAULT_BUSY_TIMEOUT_S if busy_timeout_s is None else float(busy_timeout_s)
+    key = (url.render_as_string(hide_password=False), timeout, pool_size, connect_timeout_s)
+    if is_sqlite(url):  # also when cached: the file may have been deleted since
+        path = Path(url.database or "")
+        if not path.exists():
+            if not create:
+                raise ConfigError(f"database not found: {path}")
+            create_private_file(path)
     engine = _engines.get(key)
     if engine is not None:
         return engine
     with _engines_lock:
         engine = _engines.get(key)
         if engine is None:
-            timeout = DEFAULT_BUSY_TIMEOUT_S if busy_timeout_s is None else float(busy_timeout_s)
-            engine = _sqlite_engine(url, create, timeout) if is_sqlite(url) else _postgres_engine(url, timeout)
+            if is_sqlite(url):
+                engine = _sqlite_engine(url, timeout)
+            else:
+                engine = _postgres_engine(url, timeout, pool_size or 10, connect_timeout_s or 10)
             _engines[key] = engine
     return engine
 
 
-def _sqlite_engine(url: URL, create: bool, timeout: float) -> Engine:
-    path = Path(url.database or "")
-    if not path.exists():
-        if not create:
-            raise ConfigError(f"database not found: {path}")
-        create_private_file(path)
+def _sqlite_engine(url: URL, timeout: float) -> Engine:
     engine = create_engine(
         url,
         connect_args={"timeout": timeout, "check_same_thread": False},
@@ -168,7 +179,7 @@ def _sqlite_engine(url: URL, create: bool, timeout: float) -> Engine:
     return engine
 
 
-def _postgres_engine(url: URL, timeout: float) -> Engine:
+def _postgres_engine(url: URL, timeout: float, pool_size: int, connect_timeout: float) -> Engine:
     try:
         import psycopg  # noqa: F401
     except ImportError as exc:  # pragma: no cover - in requirements.txt
@@ -176,10 +187,10 @@ def _postgres_engine(url: URL, timeout: float) -> Engine:
     engine = create_engine(
         url,
         pool_pre_ping=True,
-        pool_size=int(url.query.get("pool_size", 10)) if "pool_size" in url.query else 10,
+        pool_size=int(pool_size),
         max_overflow=10,
         pool_timeout=timeout,
-        connect_args={"connect_timeout": 10},
+        connect_args={"connect_timeout": max(1, int(connect_timeout))},
     )
 
     @event.listens_for(engine, "connect")

@@ -33,7 +33,7 @@ from ..errors import ConfigError, NotFoundError
 from .engine import database_url, get_engine, is_sqlite, read as read_tx, safe_url, write as write_tx
 from .migrate import prepare
 
-__all__ = ["ACTIVE", "JobNotFoundError", "JobStore", "Tx", "job_store_location", "now_iso", "open_job_store"]
+__all__ = ["ACTIVE", "JobNotFoundError", "JobStore", "Tx", "now_iso", "open_job_store"]
 
 ACTIVE = ("queued", "running")
 
@@ -313,9 +313,3 @@ def open_job_store(location: str | Path) -> JobStore:
     """A path, ``sqlite:///path`` or ``postgresql://...`` URL -> its :class:`JobStore`."""
     return JobStore(location)
 
-
-def job_store_location(data_dir: str | Path, database_url: str | None) -> str | Path:
-    """Where the jobs live: the gallery's PostgreSQL database when it has one, else ``<data_dir>/jobs.db``."""
-    if database_url and database_url.split("://", 1)[0].lower() in ("postgres", "postgresql"):
-        return database_url
-    return Path(data_dir) / "jobs.db"

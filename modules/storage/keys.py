@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Column, Integer, MetaData, Table, Text, func, inspect, select, update
 
 from ..errors import InvalidRequestError, NotFoundError
-from ..gallery import validate_name
+from .records import validate_name
 from .engine import get_engine, is_sqlite, read, write
 from .migrate import prepare
 

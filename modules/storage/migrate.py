@@ -64,9 +64,19 @@ def head(branch: str) -> str:
 
 
 def _branch_heads(conn: Connection, branch: str) -> list[str]:
-    """The revisions of ``branch`` recorded in the database (none: the branch is not there yet)."""
+    """The revisions of ``branch`` recorded in the database (none: the branch is not there yet).
+
+    A revision this code does not know but named like the branch's (``gallery_0099``) was written
+    by newer code: :class:`ConfigError`, never a downgrade or a second set of tables.
+    """
     ours = {rev.revision for rev in _script().iterate_revisions(f"{branch}@head", "base")}
     current = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_heads()
+    newer = [r for r in current if r not in ours and r.startswith(f"{branch}_")]
+    if newer:
+        raise ConfigError(
+            f"the {branch} database {safe_url(conn.engine.url)} has schema version {newer[0]}, newer than this"
+            f" code supports ({head(branch)}); upgrade the code"
+        )
     return [r for r in current if r in ours]
 
 

@@ -14,7 +14,7 @@ rebuilds) and needs an id map beside it; its memory per vector is the same
 :class:`AnnIndex` is one gallery's index plus what search needs to aggregate
 faces into people without asking the database: each face's person, and the
 number of faces per person (so ``num_people`` stays O(1)).  It is kept in step
-incrementally (:meth:`apply`) by :class:`~modules.gallery.sqlite.SQLiteGallery`
+incrementally (:meth:`apply`) by :class:`~modules.storage.sqlite_search.SQLiteGallery`
 from the rows written since its generation, and can be saved to / loaded from
 a folder with a generation stamp.
 

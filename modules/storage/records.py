@@ -1,4 +1,4 @@
-"""Backend-independent parts of the gallery: records, validation, the abstract store, ranking.
+"""The gallery's records and validation, shared by every backend.
 
 A *gallery* is a named set of *people*; a person has *faces*; a face is one
 enrolled embedding stamped with the id of the model that produced it, plus the
@@ -6,13 +6,6 @@ aligned crop it came from (PNG, so the gallery can be re-embedded with another
 model) and where it came from.  Every face of a gallery comes from the same
 embedder: mixing is refused at enrollment, and a search with another embedder
 raises :class:`~modules.errors.EmbedderMismatchError` naming the fix.
-
-:class:`GalleryStore` is the interface the service and the scripts use;
-:class:`~modules.gallery.sqlite.SQLiteGallery` is the embedded default (exact
-search while a gallery is small, an HNSW index from hnswlib once it is large);
-:class:`~modules.gallery.postgres.PostgresGallery` keeps the gallery in
-PostgreSQL with pgvector (HNSW, cosine distance) for several servers against one
-database.  Both implement the same abstract methods with the same errors.
 """
 from __future__ import annotations
 
@@ -20,11 +13,9 @@ import json
 import math
 import re
 import unicodedata
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,7 +30,7 @@ from ..errors import (
     InvalidRequestError,
     PersonNotFoundError,
 )
-from ..face import Candidate, Face
+from ..face import Face
 
 MAX_NAME_LEN = 128
 MAX_EMBEDDER_LEN = 128
@@ -376,54 +367,6 @@ def mismatch_error(gallery: str, stored: Mapping[tuple[str, int], int], embedder
     )
 
 
-def rank_people(
-    queries: np.ndarray,
-    matrix: np.ndarray,
-    starts: np.ndarray,
-    person_ids: np.ndarray,
-    person_names: Sequence[str],
-    face_ids: np.ndarray,
-    top_k: int,
-    block: int | None = None,
-) -> list[list[Candidate]]:
-    """Per query, the ``top_k`` people by their best cosine similarity, best first.
-
-    ``matrix`` is ``(N, d)`` unit rows grouped by person: person ``j`` owns rows
-    ``starts[j]:starts[j+1]``.  Ties are broken by person order (stable).
-    """
-    n_people = len(starts)
-    ends = np.append(starts[1:], matrix.shape[0])
-    k = min(top_k, n_people)
-    if block is None:  # bound the (block, N) similarity matrix to ~256 MB
-        block = max(1, min(256, (1 << 26) // max(matrix.shape[0], 1)))
-    out: list[list[Candidate]] = []
-    for b in range(0, queries.shape[0], block):
-        sims = queries[b : b + block] @ matrix.T  # (m, N)
-        scores = np.maximum.reduceat(sims, starts, axis=1)  # (m, P)
-        if k < n_people:
-            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        else:
-            part = np.broadcast_to(np.arange(n_people), scores.shape)
-        for i in range(scores.shape[0]):
-            cand = part[i]
-            order = cand[np.lexsort((cand, -scores[i, cand]))]
-            row = []
-            for j in order:
-                s, e = int(starts[j]), int(ends[j])
-                best = s + int(np.argmax(sims[i, s:e]))
-                row.append(
-                    Candidate(
-                        person=person_names[j],
-                        similarity=float(np.clip(scores[i, j], -1.0, 1.0)),
-                        person_id=int(person_ids[j]),
-                        face_id=int(face_ids[best]),
-                    )
-                )
-            out.append(row)
-    return out
-
-
-# --- helpers shared by the backends ------------------------------------------------
 MAX_LIST_LIMIT = 10_000
 DEFAULT_ANN_THRESHOLD = 20_000  # faces in one gallery; below it search is exact
 
@@ -547,181 +490,3 @@ def no_crop_error(face_id: int) -> FaceNotFoundError:
     return FaceNotFoundError(
         f"face {face_id} has no stored crop (imported from a legacy pickle)", details={"face_id": face_id}
     )
-
-
-def export_row(gallery: str, r: Sequence[Any]) -> dict[str, Any]:
-    """One ``export_people`` row from ``(person id, person, face id, source, sha256, created_at,
-    embedder, dim, has crop, det_score)``."""
-    return {
-        "gallery": gallery,
-        "person": r[1],
-        "person_id": int(r[0]),
-        "face_id": None if r[2] is None else int(r[2]),
-        "source": r[3],
-        "source_sha256": r[4],
-        "created_at": r[5],
-        "embedder": r[6],
-        "dim": None if r[7] is None else int(r[7]),
-        "has_crop": None if r[2] is None else bool(r[8]),
-        "det_score": r[9],
-    }
-
-
-def pick_people(
-    face_ids: np.ndarray, sims: np.ndarray, person_of: np.ndarray, top_k: int
-) -> list[tuple[int, int, float]]:
-    """From faces sorted by similarity (best first), the best ``top_k`` people as
-    ``(person id, face id, similarity)``: each person's first (best) face; ties by person id."""
-    seen: dict[int, tuple[int, float]] = {}
-    for fid, s, pid in zip(face_ids.tolist(), sims.tolist(), person_of.tolist()):
-        if pid < 0:
-            continue
-        best = seen.get(pid)
-        if best is None or s > best[1] or (s == best[1] and fid < best[0]):
-            seen[pid] = (fid, s)
-    ranked = sorted(seen.items(), key=lambda kv: (-kv[1][1], kv[0]))[:top_k]
-    return [(pid, fid, s) for pid, (fid, s) in ranked]
-
-
-# --- the interface ---------------------------------------------------------------
-class GalleryStore(ABC):
-    """The persistent gallery of known people.  Names are validated and NFC-normalised.
-
-    Errors: unknown gallery/person/face -> 404 errors, duplicates -> 409
-    :class:`~modules.errors.ConflictError`, bad input -> 400
-    :class:`~modules.errors.InvalidRequestError`, embeddings of another model
-    -> :class:`~modules.errors.EmbedderMismatchError`.  Every write is one
-    transaction: it happens completely or not at all.
-    """
-
-    # galleries
-    @abstractmethod
-    def create_gallery(self, name: str) -> GalleryInfo:
-        """Create a gallery; :class:`ConflictError` if it exists."""
-
-    @abstractmethod
-    def ensure_gallery(self, name: str) -> GalleryInfo:
-        """The gallery, created if missing."""
-
-    @abstractmethod
-    def get_gallery(self, name: str) -> GalleryInfo: ...
-
-    @abstractmethod
-    def list_galleries(self) -> list[GalleryInfo]: ...
-
-    @abstractmethod
-    def delete_gallery(self, name: str) -> dict[str, int]:
-        """Delete a gallery with its people and faces; returns what was deleted."""
-
-    # people
-    @abstractmethod
-    def add_person(
-        self, gallery: str, name: str, metadata: Mapping[str, Any] | None = None, *, create_missing: bool = True
-    ) -> PersonInfo: ...
-
-    @abstractmethod
-    def get_person(self, gallery: str, name: str) -> PersonInfo: ...
-
-    @abstractmethod
-    def list_people(self, gallery: str, offset: int = 0, limit: int | None = 100) -> tuple[list[PersonInfo], int]:
-        """People ordered by name, with face counts, and the total count."""
-
-    @abstractmethod
-    def rename_person(self, gallery: str, name: str, new_name: str) -> PersonInfo: ...
-
-    @abstractmethod
-    def set_person_metadata(self, gallery: str, name: str, metadata: Mapping[str, Any] | None) -> PersonInfo: ...
-
-    @abstractmethod
-    def delete_person(self, gallery: str, name: str) -> int:
-        """Delete a person and their faces; returns how many faces went with them."""
-
-    # faces
-    def add_faces(
-        self, gallery: str, person: str, faces: Sequence[NewFace], *, create_missing: bool = True
-    ) -> list[int]:
-        """Enroll ``faces`` for ``person`` (all or nothing); returns the new face ids."""
-        return self.add_faces_many(gallery, {person: faces}, create_missing=create_missing)[
-            validate_name(person, "person name")
-        ]
-
-    @abstractmethod
-    def add_faces_many(
-        self, gallery: str, faces_by_person: Mapping[str, Sequence[NewFace]], *, create_missing: bool = True
-    ) -> dict[str, list[int]]:
-        """Enroll faces for several people in one transaction; new face ids per (normalised) name."""
-
-    @abstractmethod
-    def list_faces(self, gallery: str, person: str, *, with_embeddings: bool = False) -> list[FaceInfo]: ...
-
-    @abstractmethod
-    def get_face(self, face_id: int, *, gallery: str | None = None, with_embedding: bool = False) -> FaceInfo:
-        """A face by id; with ``gallery`` given, a face of another gallery is not found."""
-
-    @abstractmethod
-    def get_face_crop(self, face_id: int, *, gallery: str | None = None) -> bytes:
-        """The aligned crop as PNG bytes; :class:`FaceNotFoundError` if none is stored."""
-
-    @abstractmethod
-    def delete_face(self, face_id: int, *, gallery: str | None = None) -> None: ...
-
-    @abstractmethod
-    def find_faces_by_source_sha256(self, gallery: str, sha256: str) -> list[int]:
-        """Ids of the faces of ``gallery`` enrolled from a source with this SHA-256."""
-
-    # search
-    @abstractmethod
-    def search(self, gallery: str, queries: Any, embedder_id: str, top_k: int = 5) -> list[list[Candidate]]:
-        """Per query row, the ``top_k`` people by max cosine over their faces, best first."""
-
-    @abstractmethod
-    def num_people(self, gallery: str) -> int:
-        """People of ``gallery`` with at least one face (those a search can return)."""
-
-    @abstractmethod
-    def embeddings_by_person(self, gallery: str, embedder_id: str) -> dict[str, np.ndarray]:
-        """``{person: (n, d) float32}`` for people with faces; mismatch error if another embedder."""
-
-    # maintenance
-    @abstractmethod
-    def reembed(
-        self,
-        gallery: str | None,
-        embedder: Any,
-        *,
-        batch_size: int = 64,
-        drop_uncroppable: bool = False,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> dict[str, Any]:
-        """Recompute embeddings from the stored crops with ``embedder`` (one gallery or all)."""
-
-    @abstractmethod
-    def stats(self, gallery: str | None = None) -> dict[str, Any]: ...
-
-    @abstractmethod
-    def export_people(self, gallery: str) -> list[dict[str, Any]]:
-        """Flat rows (one per face; people without faces get one row with ``face_id`` None)."""
-
-    def close(self) -> None:  # pragma: no cover - default: nothing to release
-        pass
-
-    def __enter__(self) -> "GalleryStore":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    # legacy pickles (implemented once, in modules.legacy, on top of the methods above)
-    def import_legacy_pickle(
-        self, path: str | Path, gallery: str, embedder_id: str, *, trusted: bool = False
-    ) -> dict[str, Any]:
-        from ..legacy import import_legacy_pickle
-
-        return import_legacy_pickle(self, path, gallery, embedder_id, trusted=trusted)
-
-    def export_legacy_pickle(
-        self, path: str | Path, gallery: str, embedder_id: str, mode: str = "mean"
-    ) -> dict[str, Any]:
-        from ..legacy import export_legacy_pickle
-
-        return export_legacy_pickle(self, path, gallery, embedder_id, mode=mode)

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ConflictError, GalleryNotFoundError, InvalidRequestError, UntrustedPickleError
+from ..errors import ConflictError, GalleryNotFoundError, InvalidRequestError, UntrustedPickleError
+from .records import NewFace, validate_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from .gallery import GalleryStore
@@ -145,8 +146,6 @@ def _vectors(name: str, value: Any) -> list[np.ndarray]:
 
 def parse_legacy(obj: Any) -> dict[str, list[np.ndarray]]:
     """Validate an unpickled legacy gallery: ``{name: [unit float32 (d,) ...]}`` with one ``d``."""
-    from .gallery import validate_name
-
     if not isinstance(obj, Mapping):
         raise InvalidRequestError(f"a legacy gallery is a dict {{name: embedding}}, got {type(obj).__name__}")
     if not obj:
@@ -180,8 +179,6 @@ def import_legacy_pickle(
     tools did not record it).  Refused with :class:`UntrustedPickleError` unless
     ``trusted`` is true.
     """
-    from .gallery import NewFace, validate_name
-
     path = Path(path)
     if trusted is not True:
         raise UntrustedPickleError(

@@ -1,0 +1,488 @@
+"""The persistent gallery of known people, written once on SQLAlchemy Core for SQLite and PostgreSQL.
+
+:class:`GalleryStore` holds everything but the search: validation, galleries /
+people / faces, all-or-nothing enrollment, re-embedding, stats, export, the
+legacy pickles and the typed errors (unknown gallery/person/face -> 404, a
+duplicate -> 409 :class:`~modules.errors.ConflictError`, bad input -> 400,
+another model's embeddings -> :class:`~modules.errors.EmbedderMismatchError`,
+a busy or unreachable database -> 503).  Its two subclasses only search:
+:class:`~modules.storage.sqlite_search.SQLiteGallery` (an in-process matrix or
+hnswlib index per gallery, reloaded on a generation stamp) and
+:class:`~modules.storage.pg_search.PostgresGallery` (pgvector, nothing cached).
+
+Every write is one transaction (SQLite ``BEGIN IMMEDIATE``; PostgreSQL locks the
+gallery's row, so writes to one gallery are serialised while other galleries are
+written in parallel): it happens completely or not at all.  It takes a new
+generation, stamped on the galleries it changed.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, delete, exc as sa_exc, func, insert, null, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ..errors import ConfigError, ConflictError, InvalidRequestError
+from ..face import Candidate
+from .engine import get_engine, read, safe_url, write
+from .maintenance import Maintenance
+from .migrate import prepare
+from .records import (
+    DEFAULT_ANN_THRESHOLD, FaceInfo, GalleryInfo, NewFace, PersonInfo, as_queries, face_not_found,
+    gallery_not_found, mismatch_error, no_crop_error, parse_face_id, person_exists, person_not_found,
+    validate_embedder_id, validate_enrollment, validate_metadata, validate_name, validate_page,
+    validate_top_k,
+)
+from .tables import TABLES, faces, galleries, gallery_embedders as ge, people
+
+
+_FACES_FROM = faces.join(people, people.c.id == faces.c.person_id).join(galleries, galleries.c.id == faces.c.gallery_id)
+_FACE_COLUMNS = (
+    faces.c.id, faces.c.person_id, people.c.name, galleries.c.name, faces.c.embedder, faces.c.dim,
+    faces.c.created_at, faces.c.crop_png.isnot(None), faces.c.source, faces.c.source_sha256, faces.c.box,
+    faces.c.landmarks, faces.c.det_score,
+)
+_PERSON_COLUMNS = (people.c.id, people.c.name, people.c.created_at, people.c.metadata, people.c.num_faces)
+
+
+class Tx:
+    """A write transaction: its connection, its generation and the galleries it changed."""
+
+    def __init__(self, conn: Connection, generation: int):
+        self.conn = conn
+        self.generation = int(generation)
+        self.touched: set[int] = set()
+        self.grew: set[int] = set()  # galleries that got faces (PostgreSQL: may need their HNSW index now)
+
+    def touch(self, gallery_id: int, grew: bool = False) -> None:
+        self.touched.add(int(gallery_id))
+        if grew:
+            self.grew.add(int(gallery_id))
+
+
+def _person_info(gallery: str, row: Sequence[Any]) -> PersonInfo:
+    pid, name, created_at, metadata, num_faces = row[:5]
+    return PersonInfo(id=int(pid), gallery=gallery, name=name, created_at=created_at, num_faces=int(num_faces),
+                      metadata=metadata or None)
+
+
+def _face_info(row: Sequence[Any], embedding: Any = None) -> FaceInfo:
+    import json
+
+    return FaceInfo(
+        id=int(row[0]), person_id=int(row[1]), person=row[2], gallery=row[3], embedder=row[4], dim=int(row[5]),
+        created_at=row[6], has_crop=bool(row[7]), source=row[8], source_sha256=row[9],
+        box=json.loads(row[10]) if row[10] else None, landmarks=json.loads(row[11]) if row[11] else None,
+        det_score=row[12], embedding=embedding,
+    )
+
+
+class GalleryStore(Maintenance):
+    """The gallery at ``location`` (see :func:`modules.storage.open_gallery`).  Names are validated and
+    NFC-normalised.  ``ann_threshold``: faces in a gallery from which search uses an HNSW index
+    (``None``: always exact); ``busy_timeout_s``: how long to wait for the database before a 503."""
+
+    backend = ""
+
+    def __init__(
+        self,
+        location: Any,
+        *,
+        busy_timeout_s: float = 30.0,
+        create: bool = True,
+        ann_threshold: int | None = DEFAULT_ANN_THRESHOLD,
+        pool_min: int | None = None,
+        pool_max: int | None = None,
+        connect_timeout_s: float = 10.0,
+    ):
+        if ann_threshold is not None and (
+            isinstance(ann_threshold, bool) or not isinstance(ann_threshold, int) or ann_threshold < 1
+        ):
+            raise ConfigError(f"ann_threshold must be a positive number of faces or None, got {ann_threshold!r}")
+        self.ann_threshold = ann_threshold
+        self.busy_timeout_s = float(busy_timeout_s)
+        self.engine = get_engine(location, create=create, busy_timeout_s=self.busy_timeout_s, pool_size=pool_max,
+                                 connect_timeout_s=connect_timeout_s)
+        self._insert = (postgresql if self.engine.dialect.name == "postgresql" else sqlite).insert
+        try:
+            self._prepare()
+        except sa_exc.SQLAlchemyError as exc:
+            text = str(getattr(exc, "orig", None) or exc).strip()
+            raise ConfigError(f"cannot connect to or prepare the gallery database {self}: {text}") from exc
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({safe_url(self.engine.url)!r})"
+
+    def _prepare(self) -> None:
+        prepare(self.engine, "gallery", TABLES[self.engine.dialect.name], legacy=self._legacy_revision)
+
+    # --- what each backend provides -------------------------------------------------------
+    def _legacy_revision(self, conn: Connection) -> str | None:
+        """The revision of a database written before migrations moved to Alembic (None: none)."""
+        raise NotImplementedError
+
+    def _next_generation(self, conn: Connection) -> int:
+        raise NotImplementedError
+
+    def _generation(self, conn: Connection) -> int:
+        raise NotImplementedError
+
+    def _search(self, gallery: str, q: np.ndarray, embedder_id: str, top_k: int) -> tuple[list[list[Candidate]], int]:
+        raise NotImplementedError
+
+    def _before_commit(self, tx: Tx) -> None:
+        pass
+
+    def _after_commit(self, tx: Tx) -> None:
+        pass
+
+    def _gallery_deleted(self, gid: int) -> None:
+        pass
+
+    def _reembedded(self, gids: list[int], dim: int) -> None:
+        pass
+
+    def _stats_extra(self) -> dict[str, Any]:
+        return {}
+
+    def _by_name(self, column: Any) -> Any:
+        """``column`` ordered by code point (PostgreSQL: whatever the database's collation)."""
+        return column.collate("C") if self.backend == "postgresql" else column
+
+    # --- transactions and lookups -------------------------------------------------------------
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with read(self.engine, "gallery database") as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Tx]:
+        """One write transaction with a new generation, stamped on the galleries it touched."""
+        with write(self.engine, "gallery database") as conn:
+            tx = Tx(conn, self._next_generation(conn))
+            yield tx
+            if tx.touched:
+                conn.execute(
+                    update(galleries).where(galleries.c.id.in_(sorted(tx.touched))).values(generation=tx.generation)
+                )
+            self._before_commit(tx)
+        self._after_commit(tx)
+
+    def _gallery_id(self, conn: Connection, name: str, *, lock: bool = False, create_at: int | None = None) -> int:
+        """The gallery's id (its row locked if ``lock``; created at generation ``create_at`` if missing)."""
+        q = select(galleries.c.id).where(galleries.c.name == name)
+        gid = conn.execute(q.with_for_update() if lock else q).scalar()
+        if gid is None and create_at is not None:
+            gid = conn.execute(
+                self._insert(galleries).values(name=name, generation=create_at)
+                .on_conflict_do_nothing(index_elements=["name"]).returning(galleries.c.id)
+            ).scalar()
+            if gid is None:  # created by another transaction meanwhile
+                gid = conn.execute(q.with_for_update()).scalar()
+        if gid is None:
+            raise gallery_not_found(name)
+        return int(gid)
+
+    @staticmethod
+    def _person_row(conn: Connection, gid: int, gallery: str, name: str) -> Sequence[Any]:
+        row = conn.execute(select(*_PERSON_COLUMNS).where(people.c.gallery_id == gid, people.c.name == name)).first()
+        if row is None:
+            raise person_not_found(gallery, name)
+        return row
+
+    @staticmethod
+    def _embedders(conn: Connection, gid: int) -> dict[tuple[str, int], int]:
+        rows = conn.execute(select(ge.c.embedder, ge.c.dim, ge.c.faces).where(ge.c.gallery_id == gid, ge.c.faces > 0))
+        return {(e, int(d)): int(n) for e, d, n in rows}
+
+    def _scope(self, conn: Connection, gallery: str | None, lock: bool = False) -> tuple[list[int], dict[int, str]]:
+        """The gallery ids in scope (one or all) and their names; rows locked in id order if asked."""
+        q = select(galleries.c.id, galleries.c.name).order_by(galleries.c.id)
+        if gallery is not None:
+            q = q.where(galleries.c.name == gallery)
+        rows = conn.execute(q.with_for_update() if lock else q).all()
+        if gallery is not None and not rows:
+            raise gallery_not_found(gallery)
+        return [int(r[0]) for r in rows], {int(r[0]): r[1] for r in rows}
+
+    # --- galleries ------------------------------------------------------------------------------
+    def create_gallery(self, name: str) -> GalleryInfo:
+        """Create a gallery; :class:`ConflictError` if it exists."""
+        name = validate_name(name, "gallery name")
+        with self._write() as tx:
+            row = tx.conn.execute(
+                self._insert(galleries).values(name=name, generation=tx.generation)
+                .on_conflict_do_nothing(index_elements=["name"]).returning(galleries.c.id)
+            ).first()
+            if row is None:
+                raise ConflictError(f"gallery {name!r} already exists", details={"gallery": name})
+        return self.get_gallery(name)
+
+    def ensure_gallery(self, name: str) -> GalleryInfo:
+        """The gallery, created if missing."""
+        name = validate_name(name, "gallery name")
+        with self._read() as conn:
+            exists = conn.execute(select(galleries.c.id).where(galleries.c.name == name)).first()
+        if not exists:
+            with self._write() as tx:
+                self._gallery_id(tx.conn, name, create_at=tx.generation)
+        return self.get_gallery(name)
+
+    def _gallery_infos(self, conn: Connection, name: str | None = None) -> list[GalleryInfo]:
+        n_people = select(func.count()).where(people.c.gallery_id == galleries.c.id).scalar_subquery()
+        q = select(galleries.c.id, galleries.c.name, galleries.c.created_at, n_people)
+        rows = conn.execute(q.where(galleries.c.name == name) if name is not None else q.order_by(
+            self._by_name(galleries.c.name))).all()
+        counts: dict[int, dict[str, int]] = {}
+        if rows:
+            for gid, e, n in conn.execute(
+                select(ge.c.gallery_id, ge.c.embedder, func.sum(ge.c.faces))
+                .where(ge.c.gallery_id.in_([r[0] for r in rows]), ge.c.faces > 0).group_by(ge.c.gallery_id, ge.c.embedder)
+            ):
+                counts.setdefault(int(gid), {})[e] = int(n)
+        return [
+            GalleryInfo(id=int(gid), name=gname, created_at=created_at, num_people=int(n),
+                        num_faces=sum(counts.get(int(gid), {}).values()), embedders=counts.get(int(gid), {}))
+            for gid, gname, created_at, n in rows
+        ]
+
+    def get_gallery(self, name: str) -> GalleryInfo:
+        name = validate_name(name, "gallery name")
+        with self._read() as conn:
+            infos = self._gallery_infos(conn, name)
+        if not infos:
+            raise gallery_not_found(name)
+        return infos[0]
+
+    def list_galleries(self) -> list[GalleryInfo]:
+        with self._read() as conn:
+            return self._gallery_infos(conn)
+
+    def delete_gallery(self, name: str) -> dict[str, int]:
+        """Delete a gallery with its people and faces; returns what was deleted."""
+        name = validate_name(name, "gallery name")
+        with self._write() as tx:
+            gid = self._gallery_id(tx.conn, name, lock=True)
+            n_people = tx.conn.execute(select(func.count()).where(people.c.gallery_id == gid)).scalar()
+            n_faces = sum(self._embedders(tx.conn, gid).values())
+            tx.conn.execute(delete(galleries).where(galleries.c.id == gid))
+        self._gallery_deleted(gid)
+        return {"people": int(n_people), "faces": int(n_faces)}
+
+    # --- people -----------------------------------------------------------------------------------
+    def add_person(
+        self, gallery: str, name: str, metadata: Mapping[str, Any] | None = None, *, create_missing: bool = True
+    ) -> PersonInfo:
+        gallery = validate_name(gallery, "gallery name")
+        name = validate_name(name, "person name")
+        meta_json = validate_metadata(metadata)
+        with self._write() as tx:
+            gid = self._gallery_id(tx.conn, gallery, lock=True, create_at=tx.generation if create_missing else None)
+            row = tx.conn.execute(
+                self._insert(people).values(gallery_id=gid, name=name, metadata=meta_json)
+                .on_conflict_do_nothing(index_elements=["gallery_id", "name"]).returning(people.c.id)
+            ).first()
+            if row is None:
+                raise person_exists(gallery, name)
+            tx.touch(gid)
+        return self.get_person(gallery, name)
+
+    def get_person(self, gallery: str, name: str) -> PersonInfo:
+        gallery = validate_name(gallery, "gallery name")
+        name = validate_name(name, "person name")
+        with self._read() as conn:
+            row = self._person_row(conn, self._gallery_id(conn, gallery), gallery, name)
+        return _person_info(gallery, row)
+
+    def list_people(self, gallery: str, offset: int = 0, limit: int | None = 100) -> tuple[list[PersonInfo], int]:
+        """People ordered by name, with face counts, and the total count."""
+        gallery = validate_name(gallery, "gallery name")
+        offset, limit = validate_page(offset, limit)
+        with self._read() as conn:
+            gid = self._gallery_id(conn, gallery)
+            total = conn.execute(select(func.count()).where(people.c.gallery_id == gid)).scalar()
+            rows = conn.execute(
+                select(*_PERSON_COLUMNS).where(people.c.gallery_id == gid).order_by(self._by_name(people.c.name))
+                .limit(limit).offset(offset)
+            ).all()
+        return [_person_info(gallery, r) for r in rows], int(total)
+
+    def rename_person(self, gallery: str, name: str, new_name: str) -> PersonInfo:
+        gallery = validate_name(gallery, "gallery name")
+        name = validate_name(name, "person name")
+        new_name = validate_name(new_name, "new person name")
+        with self._write() as tx:
+            gid = self._gallery_id(tx.conn, gallery, lock=True)
+            row = self._person_row(tx.conn, gid, gallery, name)
+            if new_name != name:
+                taken = tx.conn.execute(select(people.c.id).where(people.c.gallery_id == gid, people.c.name == new_name))
+                if taken.first():
+                    raise person_exists(gallery, new_name)
+                tx.conn.execute(update(people).where(people.c.id == row[0]).values(name=new_name))
+                tx.touch(gid)
+        return self.get_person(gallery, new_name)
+
+    def set_person_metadata(self, gallery: str, name: str, metadata: Mapping[str, Any] | None) -> PersonInfo:
+        gallery = validate_name(gallery, "gallery name")
+        name = validate_name(name, "person name")
+        meta_json = validate_metadata(metadata)
+        with self._write() as tx:
+            row = self._person_row(tx.conn, self._gallery_id(tx.conn, gallery, lock=True), gallery, name)
+            tx.conn.execute(update(people).where(people.c.id == row[0]).values(metadata=meta_json))
+        return self.get_person(gallery, name)
+
+    def delete_person(self, gallery: str, name: str) -> int:
+        """Delete a person and their faces; returns how many faces went with them."""
+        gallery = validate_name(gallery, "gallery name")
+        name = validate_name(name, "person name")
+        with self._write() as tx:
+            gid = self._gallery_id(tx.conn, gallery, lock=True)
+            row = self._person_row(tx.conn, gid, gallery, name)
+            tx.conn.execute(delete(people).where(people.c.id == row[0]))
+            tx.touch(gid)
+        return int(row[4])
+
+    # --- faces --------------------------------------------------------------------------------------
+    def add_faces(
+        self, gallery: str, person: str, faces: Sequence[NewFace], *, create_missing: bool = True
+    ) -> list[int]:
+        """Enroll ``faces`` for ``person`` (all or nothing); returns the new face ids."""
+        return self.add_faces_many(gallery, {person: faces}, create_missing=create_missing)[
+            validate_name(person, "person name")
+        ]
+
+    def add_faces_many(
+        self, gallery: str, faces_by_person: Mapping[str, Sequence[NewFace]], *, create_missing: bool = True
+    ) -> dict[str, list[int]]:
+        """Enroll faces for several people in one transaction; new face ids per (normalised) name."""
+        gallery = validate_name(gallery, "gallery name")
+        items, embedder, dim = validate_enrollment(faces_by_person)
+        names = list(items)
+        with self._write() as tx:
+            conn = tx.conn
+            gid = self._gallery_id(conn, gallery, lock=True, create_at=tx.generation if create_missing else None)
+            stored = self._embedders(conn, gid)
+            if stored and set(stored) != {(embedder, dim)}:
+                raise mismatch_error(gallery, stored, embedder, dim)
+            pids: dict[str, int] = {}
+            for s in range(0, len(names), 500):
+                pids.update(conn.execute(select(people.c.name, people.c.id).where(
+                    people.c.gallery_id == gid, people.c.name.in_(names[s : s + 500]))).all())
+            missing = [n for n in names if n not in pids]
+            if missing and not create_missing:
+                raise person_not_found(gallery, missing[0])
+            if missing:
+                pids.update(conn.execute(
+                    insert(people).returning(people.c.name, people.c.id, sort_by_parameter_order=True),
+                    [{"gallery_id": gid, "name": n} for n in missing],
+                ).all())
+            ids = iter(self._insert_faces(conn, gid, tx.generation, [(pids[p], f) for p in names for f in items[p]]))
+            tx.touch(gid, grew=True)
+        return {p: [next(ids) for _ in items[p]] for p in names}
+
+    def _insert_faces(self, conn: Connection, gid: int, gen: int, rows: list[tuple[int, Any]]) -> list[int]:
+        """Insert ``(person id, ValidFace)`` rows; their new ids, in order."""
+        result = conn.execute(
+            insert(faces).returning(faces.c.id, sort_by_parameter_order=True),
+            [
+                {"person_id": pid, "gallery_id": gid, "embedder": f.embedder, "dim": f.dim, "embedding": f.embedding,
+                 "crop_png": f.crop_png, "source": f.source, "source_sha256": f.source_sha256, "box": f.box_json,
+                 "landmarks": f.landmarks_json, "det_score": f.det_score, "gen": gen}
+                for pid, f in rows
+            ],
+        )
+        return [int(r[0]) for r in result]
+
+    def list_faces(self, gallery: str, person: str, *, with_embeddings: bool = False) -> list[FaceInfo]:
+        gallery = validate_name(gallery, "gallery name")
+        person = validate_name(person, "person name")
+        with self._read() as conn:
+            prow = self._person_row(conn, self._gallery_id(conn, gallery), gallery, person)
+            rows = conn.execute(
+                select(*_FACE_COLUMNS, faces.c.embedding if with_embeddings else null())
+                .select_from(_FACES_FROM).where(faces.c.person_id == prow[0]).order_by(faces.c.id)
+            ).all()
+        return [_face_info(r, r[13]) for r in rows]
+
+    def _face_row(self, conn: Connection, face_id: Any, gallery: str | None, columns: Sequence[Any],
+                  lock: bool = False) -> Sequence[Any]:
+        fid = parse_face_id(face_id)
+        if gallery is not None:
+            gallery = validate_name(gallery, "gallery name")
+            self._gallery_id(conn, gallery)
+        if fid > 2**63 - 1:
+            raise face_not_found(fid, gallery)
+        q = select(*columns).select_from(_FACES_FROM).where(faces.c.id == fid)
+        if gallery is not None:
+            q = q.where(galleries.c.name == gallery)
+        row = conn.execute(q.with_for_update(of=galleries) if lock else q).first()
+        if row is None:
+            raise face_not_found(fid, gallery)
+        return row
+
+    def get_face(self, face_id: int, *, gallery: str | None = None, with_embedding: bool = False) -> FaceInfo:
+        """A face by id; with ``gallery`` given, a face of another gallery is not found."""
+        with self._read() as conn:
+            row = self._face_row(conn, face_id, gallery, (*_FACE_COLUMNS, faces.c.embedding if with_embedding else null()))
+        return _face_info(row, row[13])
+
+    def get_face_crop(self, face_id: int, *, gallery: str | None = None) -> bytes:
+        """The aligned crop as PNG bytes; :class:`FaceNotFoundError` if none is stored."""
+        with self._read() as conn:
+            row = self._face_row(conn, face_id, gallery, (faces.c.id, faces.c.crop_png))
+        if row[1] is None:
+            raise no_crop_error(int(row[0]))
+        return bytes(row[1])
+
+    def delete_face(self, face_id: int, *, gallery: str | None = None) -> None:
+        with self._write() as tx:
+            row = self._face_row(tx.conn, face_id, gallery, (faces.c.id, faces.c.gallery_id), lock=True)
+            tx.conn.execute(delete(faces).where(faces.c.id == row[0]))
+            tx.touch(row[1])
+
+    def find_faces_by_source_sha256(self, gallery: str, sha256: str) -> list[int]:
+        """Ids of the faces of ``gallery`` enrolled from a source with this SHA-256."""
+        gallery = validate_name(gallery, "gallery name")
+        if not isinstance(sha256, str):
+            raise InvalidRequestError("sha256 must be a hex string")
+        with self._read() as conn:
+            gid = self._gallery_id(conn, gallery)
+            rows = conn.execute(select(faces.c.id).where(faces.c.gallery_id == gid,
+                                                         faces.c.source_sha256 == sha256.lower()).order_by(faces.c.id))
+            return [int(r[0]) for r in rows]
+
+    # --- search ------------------------------------------------------------------------------------------
+    def search_people(
+        self, gallery: str, queries: Any, embedder_id: str, top_k: int = 5
+    ) -> tuple[list[list[Candidate]], int]:
+        """Per query row, the ``top_k`` people by max cosine over their faces, best first; and how many
+        people with faces the gallery had in that same snapshot (one round trip)."""
+        gallery = validate_name(gallery, "gallery name")
+        return self._search(gallery, as_queries(queries), validate_embedder_id(embedder_id), validate_top_k(top_k))
+
+    def search(self, gallery: str, queries: Any, embedder_id: str, top_k: int = 5) -> list[list[Candidate]]:
+        """Per query row, the ``top_k`` people by max cosine over their faces, best first."""
+        return self.search_people(gallery, queries, embedder_id, top_k)[0]
+
+    def num_people(self, gallery: str) -> int:
+        """People of ``gallery`` with at least one face (those a search can return)."""
+        gallery = validate_name(gallery, "gallery name")
+        with self._read() as conn:
+            n = conn.execute(select(galleries.c.people_with_faces).where(galleries.c.name == gallery)).scalar()
+        if n is None:
+            raise gallery_not_found(gallery)
+        return int(n)
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close this process's connections to the database (other stores on it reconnect when used)."""
+        self.engine.dispose()
+
+    def __enter__(self) -> "GalleryStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,161 @@
+"""What the gallery store does beyond CRUD and search, written once: re-embedding, stats, export, legacy pickles.
+
+:class:`Maintenance` is a part of :class:`~modules.storage.gallery.GalleryStore`
+(it uses the store's transactions and lookups).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, bindparam, delete, func, select, update
+
+from . import legacy_pickles
+from .engine import safe_url
+from .migrate import head
+from .records import embed_crops, mismatch_error, uncroppable_error, validate_embedder_id, validate_name, validate_reembed_args
+from .tables import faces, gallery_embedders as ge, people
+
+SCHEMA_VERSION = int(head("gallery").rsplit("_", 1)[1])  # gallery_0002 -> 2
+
+
+class Maintenance:
+    """Re-embedding, stats, export and the legacy pickles of a :class:`~modules.storage.gallery.GalleryStore`."""
+
+    def embeddings_by_person(self, gallery: str, embedder_id: str) -> dict[str, np.ndarray]:
+        """``{person: (n, d) float32}`` for people with faces; mismatch error if another embedder."""
+        gallery = validate_name(gallery, "gallery name")
+        embedder_id = validate_embedder_id(embedder_id)
+        with self._read() as conn:
+            gid = self._gallery_id(conn, gallery)
+            groups = self._embedders(conn, gid)
+            if groups and (len(groups) != 1 or next(iter(groups))[0] != embedder_id):
+                raise mismatch_error(gallery, groups, embedder_id, None)
+            rows = conn.execute(select(people.c.name, faces.c.embedding).join_from(faces, people, people.c.id == faces.c.person_id)
+                                .where(faces.c.gallery_id == gid).order_by(faces.c.person_id, faces.c.id)).all()
+        by: dict[str, list[np.ndarray]] = {}
+        for name, emb in rows:
+            by.setdefault(name, []).append(emb)
+        return {name: np.stack(v) for name, v in by.items()}
+
+    def reembed(
+        self,
+        gallery: str | None,
+        embedder: Any,
+        *,
+        batch_size: int = 64,
+        drop_uncroppable: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Recompute every embedding in scope (one gallery or all) from its stored crop, in one transaction.
+
+        The crops are embedded before the write transaction (other processes keep enrolling and
+        searching meanwhile); faces enrolled in between are embedded inside it.  Faces without a
+        crop whose stamp already is ``embedder``'s are kept; other crop-less faces make it fail with
+        :class:`ConflictError` unless ``drop_uncroppable`` deletes them.
+        """
+        gallery, model_id, dim = validate_reembed_args(gallery, embedder, batch_size)
+
+        def uncroppable(conn: Connection, gids: list[int], names: dict[int, str]) -> tuple[dict[str, int], list[int]]:
+            counts: dict[str, int] = {}
+            ids = []
+            for fid, g in conn.execute(select(faces.c.id, faces.c.gallery_id).where(
+                    faces.c.gallery_id.in_(gids), faces.c.crop_png.is_(None),
+                    ~((faces.c.embedder == model_id) & (faces.c.dim == dim)))):
+                counts[names[int(g)]] = counts.get(names[int(g)], 0) + 1
+                ids.append(int(fid))
+            return counts, ids
+
+        def croppable(conn: Connection, gids: list[int]) -> list[int]:
+            q = select(faces.c.id).where(faces.c.gallery_id.in_(gids), faces.c.crop_png.isnot(None))
+            return [int(r[0]) for r in conn.execute(q.order_by(faces.c.id))]
+
+        def embed(conn: Connection, chunk: list[int]) -> dict[int, np.ndarray]:
+            rows = conn.execute(select(faces.c.id, faces.c.crop_png).where(faces.c.id.in_(chunk),
+                                                                           faces.c.crop_png.isnot(None))).all()
+            return embed_crops([(int(i), bytes(png)) for i, png in rows], embedder) if rows else {}
+
+        with self._read() as conn:  # 1. what is in scope; refuse early if crop-less faces block it
+            gids, names = self._scope(conn, gallery)
+            counts, _ = uncroppable(conn, gids, names)
+            ids = croppable(conn, gids)
+        if counts and not drop_uncroppable:
+            raise uncroppable_error(counts, model_id)
+        computed: dict[int, np.ndarray] = {}
+        for i in range(0, len(ids), batch_size):  # 2. embed outside the write transaction
+            with self._read() as conn:
+                computed.update(embed(conn, ids[i : i + batch_size]))
+            if progress is not None:
+                progress(min(i + batch_size, len(ids)), len(ids))
+        with self._write() as tx:  # 3. catch up on faces enrolled meanwhile, drop, update
+            gids, names = self._scope(tx.conn, gallery, lock=True)
+            counts, drop_ids = uncroppable(tx.conn, gids, names)
+            if counts and not drop_uncroppable:
+                raise uncroppable_error(counts, model_id)
+            current = croppable(tx.conn, gids)
+            late = [fid for fid in current if fid not in computed]
+            for i in range(0, len(late), batch_size):
+                computed.update(embed(tx.conn, late[i : i + batch_size]))
+            if drop_ids:
+                tx.conn.execute(delete(faces).where(faces.c.id.in_(drop_ids)))
+            if current:
+                tx.conn.execute(
+                    update(faces).where(faces.c.id == bindparam("fid"))
+                    .values(embedder=model_id, dim=dim, embedding=bindparam("emb"), gen=tx.generation),
+                    [{"fid": fid, "emb": computed[fid]} for fid in current],
+                )
+            kept = tx.conn.execute(select(func.count()).where(faces.c.gallery_id.in_(gids), faces.c.crop_png.is_(None)))
+            kept = int(kept.scalar())
+            for gid in gids:
+                tx.touch(gid, grew=True)
+        self._reembedded(gids, dim)
+        return {"galleries": len(gids), "reembedded": len(current), "dropped": len(drop_ids),
+                "kept_without_crop": kept, "embedder": model_id, "dim": dim}
+
+    def stats(self, gallery: str | None = None) -> dict[str, Any]:
+        gallery = None if gallery is None else validate_name(gallery, "gallery name")
+        with self._read() as conn:
+            gids, _ = self._scope(conn, gallery)
+            n_people = conn.execute(select(func.count()).where(people.c.gallery_id.in_(gids))).scalar()
+            rows = conn.execute(select(ge.c.embedder, ge.c.dim, func.sum(ge.c.faces))
+                                .where(ge.c.gallery_id.in_(gids), ge.c.faces > 0).group_by(ge.c.embedder, ge.c.dim)).all()
+            no_crop = conn.execute(select(func.count()).where(faces.c.gallery_id.in_(gids), faces.c.crop_png.is_(None)))
+            no_crop, generation = no_crop.scalar(), self._generation(conn)
+        return {
+            "path": self._location(), "schema_version": SCHEMA_VERSION, "generation": int(generation),
+            "galleries": len(gids), "people": int(n_people), "faces": int(sum(r[2] for r in rows)),
+            "faces_without_crop": int(no_crop), "embedders": {f"{e} ({d}-d)": int(n) for e, d, n in rows},
+            "backend": self.backend, **self._stats_extra(),
+        }
+
+    def _location(self) -> str:
+        return safe_url(self.engine.url)
+
+    def export_people(self, gallery: str) -> list[dict[str, Any]]:
+        """Flat rows (one per face; people without faces get one row with ``face_id`` None)."""
+        gallery = validate_name(gallery, "gallery name")
+        with self._read() as conn:
+            gid = self._gallery_id(conn, gallery)
+            rows = conn.execute(
+                select(people.c.id, people.c.name, faces.c.id, faces.c.source, faces.c.source_sha256, faces.c.created_at,
+                       faces.c.embedder, faces.c.dim, faces.c.crop_png.isnot(None), faces.c.det_score)
+                .select_from(people.outerjoin(faces, faces.c.person_id == people.c.id))
+                .where(people.c.gallery_id == gid).order_by(self._by_name(people.c.name), faces.c.id)
+            ).all()
+        keys = ("person_id", "person", "face_id", "source", "source_sha256", "created_at", "embedder", "dim",
+                "has_crop", "det_score")
+        out = [{"gallery": gallery, **dict(zip(keys, r))} for r in rows]
+        for row in out:
+            row["has_crop"] = None if row["face_id"] is None else bool(row["has_crop"])
+        return out
+
+
+    def import_legacy_pickle(
+        self, path: str | Path, gallery: str, embedder_id: str, *, trusted: bool = False
+    ) -> dict[str, Any]:
+        return legacy_pickles.import_legacy_pickle(self, path, gallery, embedder_id, trusted=trusted)
+
+    def export_legacy_pickle(self, path: str | Path, gallery: str, embedder_id: str, mode: str = "mean") -> dict[str, Any]:
+        return legacy_pickles.export_legacy_pickle(self, path, gallery, embedder_id, mode=mode)

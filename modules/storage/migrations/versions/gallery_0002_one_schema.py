@@ -1,0 +1,59 @@
+"""gallery: one schema for both dialects.
+
+PostgreSQL (the previous version's schema 1) gains ``faces.gen`` (the generation that wrote the face)
+and loses its own migrations table.  SQLite (the previous version's schema 1 or 2) gains what
+PostgreSQL had: ``faces.gallery_id`` with a foreign key on ``(person_id, gallery_id)``, the counters
+``people.num_faces``, ``galleries.people_with_faces`` and ``gallery_embedders`` kept by triggers.
+SQLite cannot add a foreign key to a table, so ``faces`` is moved and copied (Alembic's batch
+recipe, written out to keep the ``AUTOINCREMENT`` sequence, the checks and the partial indexes):
+face ids are kept and never reused.
+
+Revision ID: gallery_0002
+"""
+import sqlalchemy as sa
+from alembic import op
+
+from modules.storage.tables import create_sqlite_triggers, face_deletions, faces, gallery_embedders
+
+revision = "gallery_0002"
+down_revision = "gallery_0001"
+branch_labels = None
+depends_on = None
+
+_COPIED = "id, person_id, embedder, dim, embedding, crop_png, source, source_sha256, box, landmarks, det_score, created_at"
+
+
+def upgrade() -> None:
+    conn = op.get_bind()
+    if conn.dialect.name == "postgresql":
+        op.add_column("faces", sa.Column("gen", sa.BigInteger, nullable=False, server_default="0"))
+        op.execute("DROP TABLE IF EXISTS gallery_schema_migrations")
+        return
+    has_gen = any(c["name"] == "gen" for c in sa.inspect(conn).get_columns("faces"))
+    seq = conn.execute(sa.text("SELECT seq FROM sqlite_sequence WHERE name = 'faces'")).scalar()
+    op.execute("DROP TRIGGER IF EXISTS faces_log_delete")
+    face_deletions.create(conn, checkfirst=True)  # schema 1 had no deletion log
+    op.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('deletions_horizon', 0)")
+    op.execute("DELETE FROM meta WHERE key = 'schema_version'")  # the version is Alembic's now
+    op.add_column("people", sa.Column("num_faces", sa.Integer, nullable=False, server_default="0"))
+    op.add_column("galleries", sa.Column("people_with_faces", sa.BigInteger, nullable=False, server_default="0"))
+    op.create_index("people_id_gallery", "people", ["id", "gallery_id"], unique=True)
+    gallery_embedders.create(conn)
+    op.rename_table("faces", "faces_old")
+    for index in ("faces_person", "faces_source_sha256", "faces_gen"):
+        op.execute(f"DROP INDEX IF EXISTS {index}")
+    faces.create(conn)
+    create_sqlite_triggers(conn)  # the counters are kept while the rows are copied
+    op.execute(
+        f"INSERT INTO faces ({_COPIED}, gallery_id, gen)"
+        f" SELECT {', '.join('f.' + c for c in _COPIED.split(', '))}, p.gallery_id, {'f.gen' if has_gen else 0}"
+        " FROM faces_old f JOIN people p ON p.id = f.person_id ORDER BY f.id"
+    )
+    op.drop_table("faces_old")
+    if seq is not None:
+        conn.execute(sa.text("UPDATE sqlite_sequence SET seq = max(seq, :s) WHERE name = 'faces'"), {"s": seq})
+        conn.execute(
+            sa.text("INSERT INTO sqlite_sequence (name, seq) SELECT 'faces', :s WHERE NOT EXISTS"
+                    " (SELECT 1 FROM sqlite_sequence WHERE name = 'faces')"),
+            {"s": seq},
+        )
