@@ -22,7 +22,7 @@ import logging
 import sys
 from typing import Any
 
-from modules.api import create_app
+from modules.web import create_app
 from modules.errors import FaceRecError
 from modules.settings import load_settings
 

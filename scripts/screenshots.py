@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from playwright.sync_api import sync_playwright
 
-    from modules.api import Settings, create_app
+    from modules.settings import Settings
+    from modules.web import create_app
     from modules.ui.server import CHROMIUM_ARGS, close_app, serve_in_thread
 
     with tempfile.TemporaryDirectory(prefix="facerec-shots-") as tmp:

@@ -63,7 +63,8 @@ def api_models(recognizer):
 @pytest.fixture()
 def make_app(api_models, tmp_path) -> Iterator[Callable[..., Any]]:
     """``make_app(**settings)`` -> an app on the session's models with a fresh data directory."""
-    from modules.api import Settings, create_app
+    from modules.settings import Settings
+    from modules.web import create_app
 
     apps = []
 

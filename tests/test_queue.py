@@ -293,7 +293,9 @@ def test_chunked_in_process_job_names_the_same_people_as_one_pass(queue_rec, cli
 @pytest.fixture
 def queue_app(queue_rec, clip_dir, labels, redis_url, tmp_path):
     """An app whose video jobs go to Redis (its data dir is the workers' too: one machine)."""
-    from modules.api import Settings, create_app, videos
+    from modules.api import videos
+    from modules.settings import Settings
+    from modules.web import create_app
 
     app = create_app(Settings(data_dir=tmp_path / "data", queue_url=redis_url, video_chunk_seconds=3.0),
                      recognizer=queue_rec, TESTING=True)

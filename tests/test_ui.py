@@ -93,7 +93,8 @@ def browser(fake_camera):
 
 
 def _serve(api_models, data_dir: Path, **settings):
-    from modules.api import Settings, create_app
+    from modules.settings import Settings
+    from modules.web import create_app
     from modules.ui.server import serve_in_thread
 
     app = create_app(Settings(data_dir=data_dir, **settings), recognizer=api_models, TESTING=True)

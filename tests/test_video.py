@@ -465,7 +465,9 @@ def test_restart_marks_unfinished_jobs_failed_and_keeps_finished(video_rec, tmp_
 # --- HTTP ------------------------------------------------------------------------
 @pytest.fixture()
 def video_client(video_rec, clip_dir, labels, tmp_path):
-    from modules.api import Settings, create_app, videos
+    from modules.api import videos
+    from modules.settings import Settings
+    from modules.web import create_app
 
     app = create_app(
         Settings(data_dir=tmp_path / "data"),
@@ -555,7 +557,9 @@ def test_http_base64_upload_and_errors(video_client, short_clip):
 
 
 def test_http_with_api_keys_scopes_jobs_and_needs_the_stream_token(video_rec, clip_dir, labels, short_clip, tmp_path):
-    from modules.api import Settings, create_app, videos
+    from modules.api import videos
+    from modules.settings import Settings
+    from modules.web import create_app
 
     app = create_app(
         Settings(data_dir=tmp_path / "data", api_keys=True),
@@ -601,7 +605,7 @@ def test_video_writer_codecs(tmp_path, codec, size):
     """H.264 (browsers play it) by default, any OpenCV FOURCC on request; odd sizes are padded for yuv420p."""
     import av
 
-    from modules.video.io import VideoWriter
+    from modules.video.videoio import VideoWriter
 
     path = tmp_path / "v.mp4"
     w = VideoWriter(path, 25.0, size, codec)
@@ -620,7 +624,7 @@ def test_video_writer_codecs(tmp_path, codec, size):
 def test_h264_segments_concatenate_without_reencoding(tmp_path):
     import av
 
-    from modules.video.io import VideoWriter
+    from modules.video.videoio import VideoWriter
     from modules.video.ranges import concat_videos
 
     segs = []

@@ -132,9 +132,6 @@ def create_app(
                galleries.create_blueprint(), videos.create_blueprint(), *extra_blueprints):
         app.register_api(bp)
     health.register_docs(app)
-    from ..ui import register_ui
-
-    register_ui(app)  # the browser pages (plain Flask blueprint, not in the OpenAPI document)
     log.info(
         "face recognition API ready: model %s, gallery %s, API keys %s",
         rec.model_id,

@@ -53,7 +53,7 @@ from ..errors import (
 )
 from ..video.config import VideoConfig
 from ..video.config import video_config as merge_video_config
-from ..video.io import VIDEO_SUFFIXES, probe
+from ..video.videoio import VIDEO_SUFFIXES, probe
 from ..video.process import VIDEO_FILE
 from ..storage.jobs import ACTIVE, JobNotFoundError, JobStore, now_iso, open_job_store
 from ..settings import QueueSettings, VideoLimits

@@ -32,7 +32,7 @@ from ..errors import BadImageError, ImageTooLargeError, InvalidRequestError
 from ..face import UNKNOWN
 from .config import VideoConfig
 from .identity import TrackIdentity
-from .io import FrameReader, RateMeter, VideoInfo, VideoWriter, open_capture
+from .videoio import FrameReader, RateMeter, VideoInfo, VideoWriter, open_capture
 from .processor import FrameResult, Hooks, VideoProcessor
 
 FRAMES_FILE = "frames.jsonl"

@@ -26,7 +26,7 @@ from ..errors import ImageTooLargeError
 from .annotate import draw_faces
 from .config import VideoConfig
 from .identity import TrackIdentity
-from .io import FrameReader, RateMeter, VideoWriter, open_capture
+from .videoio import FrameReader, RateMeter, VideoWriter, open_capture
 from .processor import FrameResult, Hooks, VideoProcessor
 
 log = logging.getLogger("facerec.video.ranges")
