@@ -62,6 +62,13 @@ def _print(obj) -> None:
     print(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
 
 
+def _json(model: str, record) -> dict:
+    """A record as the HTTP API answers it (its response model in ``modules.api.schemas``)."""
+    from .api import schemas
+
+    return schemas.dump(getattr(schemas, model), record)
+
+
 def cmd_enroll(args):
     rec, _ = _open(args)
     ids = rec.enroll(args.gallery, args.person, [Path(p) for p in args.images], sources=[str(p) for p in args.images])
@@ -81,28 +88,28 @@ def cmd_enroll_dir(args):
 def cmd_people(args):
     _, gallery = _open(args, with_models=False)
     items, total = gallery.list_people(args.gallery, offset=args.offset, limit=args.limit)
-    _print({"total": total, "people": [p.to_dict() for p in items]})
+    _print({"total": total, "people": [_json("PersonOut", p) for p in items]})
 
 
 def cmd_galleries(args):
     _, gallery = _open(args, with_models=False)
-    _print([g.to_dict() for g in gallery.list_galleries()])
+    _print([_json("GalleryOut", g) for g in gallery.list_galleries()])
 
 
 def cmd_identify(args):
     rec, _ = _open(args)
-    _print(rec.identify(Path(args.image), gallery=args.gallery).to_dict())
+    _print(_json("RecognitionResponse", rec.recognize(Path(args.image), gallery=args.gallery)))
 
 
 def cmd_verify(args):
     rec, _ = _open(args)
-    _print(rec.verify(Path(args.image_a), Path(args.image_b)).to_dict())
+    _print(_json("VerifyResponse", rec.verify(Path(args.image_a), Path(args.image_b))))
 
 
 def cmd_rename(args):
     _, gallery = _open(args, with_models=False)
     p = gallery.rename_person(args.gallery, args.name, args.new_name)
-    _print(p.to_dict())
+    _print(_json("PersonOut", p))
 
 
 def cmd_delete_person(args):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask_openapi3 import APIBlueprint
 
-from . import pipeline
+from . import operations
 from .common import COMMON_ERRORS, CONFLICT, IMAGE_ERRORS, NOT_FOUND, SECURITY, TAG_ANALYSIS, TAG_RECOGNITION
 from .inputs import get_images, get_options, read_payload
 from .schemas import (
@@ -24,6 +24,7 @@ from .schemas import (
     VerifyJSON,
     VerifyOptions,
     VerifyResponse,
+    dump,
     image_request_body,
 )
 from .service import get_service
@@ -51,7 +52,7 @@ def create_blueprint() -> APIBlueprint:
         """
         payload = read_payload()
         opts = get_options(DetectOptions, payload, query, exclude=IMAGE_FIELDS)
-        return pipeline.detect(get_service(), get_images(payload, IMAGE_FIELDS)[0], opts)
+        return dump(DetectResponse, operations.recognize(get_service(), get_images(payload, IMAGE_FIELDS)[0], None, opts))
 
     @bp.post(
         "/verify",
@@ -69,7 +70,7 @@ def create_blueprint() -> APIBlueprint:
         opts = get_options(VerifyOptions, payload, query, exclude=("file_a", "file_b"))
         a = get_images(payload, ("file_a",), raw_ok=False)[0]
         b = get_images(payload, ("file_b",), raw_ok=False)[0]
-        return pipeline.verify(get_service(), a, b, opts.policy)
+        return dump(VerifyResponse, get_service().recognizer.verify(a.data, b.data, opts.policy))
 
     @bp.post(
         "/galleries/<gallery>/identify",
@@ -85,7 +86,8 @@ def create_blueprint() -> APIBlueprint:
         """
         payload = read_payload()
         opts = get_options(IdentifyOptions, payload, query, exclude=IMAGE_FIELDS)
-        return pipeline.identify(get_service(), get_images(payload, IMAGE_FIELDS)[0], path.gallery, opts)
+        result = operations.recognize(get_service(), get_images(payload, IMAGE_FIELDS)[0], path.gallery, opts)
+        return dump(RecognitionResponse, result)
 
     @bp.post(
         "/galleries/<gallery>/people/<person>/verify",
@@ -103,6 +105,6 @@ def create_blueprint() -> APIBlueprint:
         payload = read_payload()
         opts = get_options(VerifyOptions, payload, query, exclude=IMAGE_FIELDS)
         upload = get_images(payload, IMAGE_FIELDS)[0]
-        return pipeline.verify_person(get_service(), upload, path.gallery, path.person, opts.policy)
+        return operations.verify_person(get_service(), upload, path.gallery, path.person, opts.policy).model_dump(mode="json")
 
     return bp

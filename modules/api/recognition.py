@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask_openapi3 import APIBlueprint
 
-from . import pipeline
+from . import operations
 from .auth import authorize_gallery
 from .common import COMMON_ERRORS, IMAGE_ERRORS, NOT_FOUND, SECURITY, TAG_RECOGNITION
 from .inputs import get_images, get_options, read_payload
@@ -19,6 +19,7 @@ from .schemas import (
     RecognitionJSON,
     RecognitionOptions,
     RecognitionResponse,
+    dump,
     image_request_body,
 )
 from .service import get_service
@@ -54,9 +55,7 @@ def create_blueprint() -> APIBlueprint:
         gallery = opts.gallery or svc.settings.default_gallery
         authorize_gallery(gallery)
         upload = get_images(payload, IMAGE_FIELDS)[0]
-        out = pipeline.identify(svc, upload, gallery, opts, missing_ok=gallery == svc.settings.default_gallery)
-        if opts.legacy:
-            return LegacyRecognitionResponse(name=out["name"]).model_dump()
-        return out
+        result = operations.recognize(svc, upload, gallery, opts, missing_gallery_ok=gallery == svc.settings.default_gallery)
+        return dump(LegacyRecognitionResponse if opts.legacy else RecognitionResponse, result)
 
     return bp

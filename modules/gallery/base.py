@@ -678,6 +678,13 @@ class GalleryStore(ABC):
     def num_people(self, gallery: str) -> int:
         """People of ``gallery`` with at least one face (those a search can return)."""
 
+    def search_people(
+        self, gallery: str, queries: Any, embedder_id: str, top_k: int = 5
+    ) -> tuple[list[list[Candidate]], int]:
+        """``search`` and ``num_people`` in one call; with no query rows only the gallery's existence is checked."""
+        found = self.search(gallery, queries, embedder_id, top_k) if len(queries) else []
+        return found, self.num_people(gallery)
+
     @abstractmethod
     def embeddings_by_person(self, gallery: str, embedder_id: str) -> dict[str, np.ndarray]:
         """``{person: (n, d) float32}`` for people with faces; mismatch error if another embedder."""
