@@ -18,6 +18,7 @@ from .schemas import (
     RecognitionForm,
     RecognitionJSON,
     RecognitionOptions,
+    RecognitionReply,
     RecognitionResponse,
     dump,
     image_request_body,
@@ -35,7 +36,7 @@ def create_blueprint() -> APIBlueprint:
     @bp.post(
         "/recognition",
         operation_id="recognize",
-        responses={200: RecognitionResponse, **IMAGE_ERRORS, **NOT_FOUND},
+        responses={200: RecognitionReply, **IMAGE_ERRORS, **NOT_FOUND},
         openapi_extensions=image_request_body(RecognitionForm, RecognitionJSON),
     )
     def recognize(query: RecognitionOptions):

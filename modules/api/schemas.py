@@ -18,7 +18,16 @@ import threading
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, model_serializer, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    RootModel,
+    model_serializer,
+    model_validator,
+)
 
 from ..attributes import ATTRIBUTES
 from ..face import Face
@@ -321,7 +330,7 @@ class DetectedFace(_Out):
         return out
 
     @model_serializer(mode="wrap")
-    def _asked_attributes_only(self, handler: Any) -> dict[str, Any]:
+    def _asked_attributes_only(self, handler: Any):  # no return type: the schema stays the fields
         return {k: v for k, v in handler(self).items() if v is not None or k not in ATTRIBUTES}
 
 
@@ -365,6 +374,10 @@ class RecognitionResponse(_ImageResult):
 
 class LegacyRecognitionResponse(_Out):
     name: str
+
+
+class RecognitionReply(RootModel[RecognitionResponse | LegacyRecognitionResponse]):
+    """Every face (`RecognitionResponse`), or only the `name` with `legacy=1`."""
 
 
 class DetectResponse(_ImageResult):
