@@ -185,7 +185,8 @@ def test_one_gallery_round_trip_and_404_without_faces(rec_with_gallery, fr_image
 
 def test_detection_only_attributes_and_the_legacy_name(rec_with_gallery, fr_images):
     result = rec_with_gallery.recognize(fr_images / "two_people.jpg", gallery=None, attributes="pose")
-    assert len(result.faces) == 2 and all(rf.identification is None and rf.face.embedding is None for rf in result.faces)
+    assert len(result.faces) == 2
+    assert all(rf.identification is None and rf.face.embedding is None for rf in result.faces)
     assert all(set(rf.face.attributes) == {"pose"} for rf in result.faces)
     assert set(result.timings_ms) == {"decode", "detect", "attributes", "total"}
     assert result.name == UNKNOWN and result.model is None

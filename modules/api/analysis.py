@@ -7,17 +7,11 @@ from . import operations
 from .common import COMMON_ERRORS, CONFLICT, IMAGE_ERRORS, NOT_FOUND, SECURITY, TAG_ANALYSIS, TAG_RECOGNITION
 from .inputs import get_images, get_options, read_payload
 from .schemas import (
-    DetectForm,
-    DetectJSON,
     DetectOptions,
     DetectResponse,
     GalleryPath,
-    IdentifyForm,
-    IdentifyJSON,
     IdentifyOptions,
     PersonPath,
-    PersonVerifyForm,
-    PersonVerifyJSON,
     PersonVerifyResponse,
     RecognitionResponse,
     VerifyForm,
@@ -26,6 +20,7 @@ from .schemas import (
     VerifyResponse,
     dump,
     image_request_body,
+    one_image_body,
 )
 from .service import get_service
 
@@ -43,7 +38,7 @@ def create_blueprint() -> APIBlueprint:
         operation_id="detect",
         tags=[TAG_ANALYSIS],
         responses={200: DetectResponse, **IMAGE_ERRORS},
-        openapi_extensions=image_request_body(DetectForm, DetectJSON),
+        openapi_extensions=one_image_body(DetectOptions, "the image"),
     )
     def detect(query: DetectOptions):
         """Detect faces (boxes, landmarks, scores; attributes on request)
@@ -52,7 +47,8 @@ def create_blueprint() -> APIBlueprint:
         """
         payload = read_payload()
         opts = get_options(DetectOptions, payload, query, exclude=IMAGE_FIELDS)
-        return dump(DetectResponse, operations.recognize(get_service(), get_images(payload, IMAGE_FIELDS)[0], None, opts))
+        result = operations.recognize(get_service(), get_images(payload, IMAGE_FIELDS)[0], None, opts)
+        return dump(DetectResponse, result)
 
     @bp.post(
         "/verify",
@@ -77,7 +73,7 @@ def create_blueprint() -> APIBlueprint:
         operation_id="identify",
         tags=[TAG_RECOGNITION],
         responses={200: RecognitionResponse, **IMAGE_ERRORS, **NOT_FOUND},
-        openapi_extensions=image_request_body(IdentifyForm, IdentifyJSON),
+        openapi_extensions=one_image_body(IdentifyOptions, "the image or video frame"),
     )
     def identify(path: GalleryPath, query: IdentifyOptions):
         """Identify every face of an image in a chosen gallery
@@ -94,7 +90,7 @@ def create_blueprint() -> APIBlueprint:
         operation_id="verify_person",
         tags=[TAG_ANALYSIS],
         responses={200: PersonVerifyResponse, **IMAGE_ERRORS, **NOT_FOUND, **CONFLICT},
-        openapi_extensions=image_request_body(PersonVerifyForm, PersonVerifyJSON),
+        openapi_extensions=one_image_body(VerifyOptions, "the image to compare with the person's enrolled faces"),
     )
     def verify_person(path: PersonPath, query: VerifyOptions):
         """Verify an image against an enrolled person
@@ -105,6 +101,7 @@ def create_blueprint() -> APIBlueprint:
         payload = read_payload()
         opts = get_options(VerifyOptions, payload, query, exclude=IMAGE_FIELDS)
         upload = get_images(payload, IMAGE_FIELDS)[0]
-        return operations.verify_person(get_service(), upload, path.gallery, path.person, opts.policy).model_dump(mode="json")
+        answer = operations.verify_person(get_service(), upload, path.gallery, path.person, opts.policy)
+        return answer.model_dump(mode="json")
 
     return bp

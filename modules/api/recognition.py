@@ -15,13 +15,11 @@ from .common import COMMON_ERRORS, IMAGE_ERRORS, NOT_FOUND, SECURITY, TAG_RECOGN
 from .inputs import get_images, get_options, read_payload
 from .schemas import (
     LegacyRecognitionResponse,
-    RecognitionForm,
-    RecognitionJSON,
     RecognitionOptions,
     RecognitionReply,
     RecognitionResponse,
     dump,
-    image_request_body,
+    one_image_body,
 )
 from .service import get_service
 
@@ -37,7 +35,7 @@ def create_blueprint() -> APIBlueprint:
         "/recognition",
         operation_id="recognize",
         responses={200: RecognitionReply, **IMAGE_ERRORS, **NOT_FOUND},
-        openapi_extensions=image_request_body(RecognitionForm, RecognitionJSON),
+        openapi_extensions=one_image_body(RecognitionOptions, "the image or video frame"),
     )
     def recognize(query: RecognitionOptions):
         """Recognize every face in an image or video frame
@@ -56,7 +54,8 @@ def create_blueprint() -> APIBlueprint:
         gallery = opts.gallery or svc.settings.default_gallery
         authorize_gallery(gallery)
         upload = get_images(payload, IMAGE_FIELDS)[0]
-        result = operations.recognize(svc, upload, gallery, opts, missing_gallery_ok=gallery == svc.settings.default_gallery)
+        missing_ok = gallery == svc.settings.default_gallery  # the default gallery may have been deleted: empty
+        result = operations.recognize(svc, upload, gallery, opts, missing_gallery_ok=missing_ok)
         return dump(LegacyRecognitionResponse if opts.legacy else RecognitionResponse, result)
 
     return bp

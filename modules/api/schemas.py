@@ -25,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Field,
     RootModel,
+    create_model,
     model_serializer,
     model_validator,
 )
@@ -148,33 +149,6 @@ class VerifyOptions(_In):
 
 
 # --- image request bodies (documentation + validation of the non-file fields) --------------------------
-class RecognitionForm(RecognitionOptions):
-    file: bytes = Field(description="the image or video frame")
-
-
-class RecognitionJSON(RecognitionOptions):
-    file: str | None = Field(None, description=BASE64_DOC)
-    image: str | None = Field(None, description="alias of `file`")
-
-
-class IdentifyForm(IdentifyOptions):
-    file: bytes = Field(description="the image or video frame")
-
-
-class IdentifyJSON(IdentifyOptions):
-    file: str | None = Field(None, description=BASE64_DOC)
-    image: str | None = Field(None, description="alias of `file`")
-
-
-class DetectForm(DetectOptions):
-    file: bytes = Field(description="the image")
-
-
-class DetectJSON(DetectOptions):
-    file: str | None = Field(None, description=BASE64_DOC)
-    image: str | None = Field(None, description="alias of `file`")
-
-
 class EnrollForm(EnrollOptions):
     file: list[bytes] = Field(description="one or more photos of the person, one face each (repeat the part)")
 
@@ -194,21 +168,22 @@ class VerifyJSON(VerifyOptions):
     file_b: str = Field(description=BASE64_DOC)
 
 
-class PersonVerifyForm(VerifyOptions):
-    file: bytes = Field(description="the image to compare with the person's enrolled faces")
-
-
-class PersonVerifyJSON(VerifyOptions):
-    file: str | None = Field(None, description=BASE64_DOC)
-    image: str | None = Field(None, description="alias of `file`")
-
-
 def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema()
     if "$defs" in schema:  # pragma: no cover - guard for future nested models
         raise TypeError(f"{model.__name__}: image request bodies must be flat models")
     schema.pop("title", None)
     return schema
+
+
+def one_image_body(options: type[BaseModel], what: str) -> dict[str, Any]:
+    """``openapi_extensions`` for an operation reading one image (``file``, alias ``image``) and ``options``."""
+    form = create_model(f"{options.__name__}Form", __base__=options, file=(bytes, Field(description=what)))
+    json_model = create_model(
+        f"{options.__name__}JSON", __base__=options, file=(str | None, Field(None, description=BASE64_DOC)),
+        image=(str | None, Field(None, description="alias of `file`")),
+    )
+    return image_request_body(form, json_model)
 
 
 def image_request_body(form: type[BaseModel], json_model: type[BaseModel], *, raw: bool = True) -> dict[str, Any]:
