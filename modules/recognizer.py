@@ -29,7 +29,7 @@ from .detection import YuNetDetector
 from .embedders import Embedder, build_embedder
 from .errors import GalleryNotFoundError, InvalidRequestError, MultipleFacesError, NoFaceError
 from .face import UNKNOWN, Face, Identification
-from .images import decode_image, encode_png, read_file, read_image
+from .images import decode_image, read_file, read_image
 from .matching import Matcher, Verification
 
 ImageInput = np.ndarray | bytes | str | Path
@@ -338,18 +338,7 @@ class FaceRecognizer:
             if check_quality and self.quality_gate is not None:
                 self.quality_gate.enforce(face, name, image_bgr=img)
             digest = hashlib.sha256(raw if isinstance(raw, bytes) else img.tobytes()).hexdigest()
-            new.append(
-                NewFace(
-                    embedding=face.embedding,
-                    embedder=self.embedder.model_id,
-                    crop_png=encode_png(face.aligned),
-                    source=name,
-                    source_sha256=digest,
-                    box=[float(v) for v in face.box],
-                    landmarks=[[float(x), float(y)] for x, y in face.landmarks],
-                    det_score=float(face.det_score),
-                )
-            )
+            new.append(NewFace.from_face(face, source=name, source_sha256=digest))
         return new
 
     def enroll(

@@ -426,11 +426,11 @@ class FaceOut(_Out):
     person_id: int
     person: str
     gallery: str
-    embedder: str
-    dim: int
+    embedder: str = Field(description="id of the model that made the embedding")
+    dim: int = Field(description="embedding size")
     created_at: str
-    has_crop: bool
-    source: str | None = None
+    has_crop: bool = Field(description="the aligned crop is stored (faces imported from a legacy pickle have none)")
+    source: str | None = Field(None, description="file name or label the face was enrolled from")
     source_sha256: str | None = None
     box: list[float] | None = None
     landmarks: list[list[float]] | None = None
