@@ -1,14 +1,15 @@
 """Pydantic models of the HTTP API: what requests may carry and what responses hold.
 
-flask-openapi3 builds ``/openapi.json`` from these.  The response models are
-also the serialisers: :func:`dump` builds each answer's JSON from the
-library's records (``from_attributes``), so the document and the answers
-cannot drift apart.  Path, query and plain
+flask-openapi3 builds ``/openapi.json`` from these.  Path, query and plain
 JSON bodies are validated by flask-openapi3 itself (errors become 400
 ``invalid_request``).  Endpoints that take images accept the same fields as
 ``multipart/form-data`` (file parts), as JSON (base64 strings) or as a raw
 ``image/*`` body; :func:`image_request_body` documents both shapes from a
 pair of models and :mod:`modules.api.inputs` reads them.
+
+The response models are also the serialisers: :func:`dump` builds every
+answer's JSON from the library's records (``from_attributes``), so the
+document and the answers cannot drift apart.
 """
 from __future__ import annotations
 
