@@ -2,10 +2,10 @@
 
     python -m benchmarks.latency [--image PATH] [--runs 200] [--config configs/sface.yaml]
 
-Stages: decode, detect, align, embed, match (against a gallery of 178 people
-from the dev LFW identification split when ../shared/data is present, else
-one person) and end-to-end.  Prints one JSON object as its last line with the
-median and p90 of each stage in milliseconds.
+Stages as :meth:`FaceRecognizer.recognize` (the service's one recognition
+path) times them: decode, detect, align, embed, match (against a gallery of 178
+people: the subject and 177 random embeddings) and end-to-end.  Prints one JSON
+object as its last line with the median and p90 of each stage in milliseconds.
 """
 from __future__ import annotations
 
@@ -14,25 +14,9 @@ import json
 import tempfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-DEFAULT_IMAGE = SHARED / "face_recognition_examples" / "images" / "obama.jpg"
-
-
-def one_face_640x480(path: Path) -> bytes:
-    """Letterbox a photo to 640x480 and encode it as JPEG (quality 90)."""
-    from modules.images import encode_jpeg, read_image
-
-    img = read_image(path)
-    h, w = img.shape[:2]
-    s = min(640 / w, 480 / h)
-    small = cv2.resize(img, (int(w * s), int(h * s)), interpolation=cv2.INTER_AREA)
-    canvas = np.full((480, 640, 3), 127, np.uint8)
-    y, x = (480 - small.shape[0]) // 2, (640 - small.shape[1]) // 2
-    canvas[y : y + small.shape[0], x : x + small.shape[1]] = small
-    return encode_jpeg(canvas, 90)
+from benchmarks.load import DEFAULT_IMAGE, one_face_jpeg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--config", default=None)
     args = ap.parse_args(argv)
-    data = one_face_640x480(args.image)
+    data = one_face_jpeg(args.image)
     with tempfile.TemporaryDirectory() as tmp:
         store = open_gallery(Path(tmp) / "g.db")
         rec = FaceRecognizer(args.config, store)
@@ -54,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         people["subject"] = rec.prepare_enrollment([data], sources=["subject.jpg"])
         store.add_faces_many("bench", people)
         for _ in range(10):  # warm-up
-            rec.identify(data, gallery="bench")
+            rec.recognize(data, "bench")
         stages: dict[str, list[float]] = {}
         for _ in range(args.runs):
-            r = rec.identify(data, gallery="bench")
+            r = rec.recognize(data, "bench")
             assert len(r.faces) == 1 and r.faces[0].identification.name == "subject"
             for k, v in r.timings_ms.items():
                 stages.setdefault(k, []).append(v)

@@ -29,7 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .cli import IMAGE_SUFFIXES, list_people_dir
+from .images import IMAGE_SUFFIXES, list_people_dir
 from .config import gallery_location
 from .errors import ConfigError, FaceRecError, InvalidRequestError
 from .face import UNKNOWN
@@ -254,15 +254,13 @@ def process_folder(
                 errors += 1
                 continue
             try:
-                img, faces, _ = rec.analyze(path, max_faces=max_faces)
-                idents = rec.identify_embeddings(np.stack([f.embedding for f in faces]), gallery) if faces else []
-                if analyzer is not None and faces:
-                    analyzer.analyze(img, faces, attributes)
+                img = rec.load_image(path)
+                result = rec.recognize(img, gallery, max_faces=max_faces, attributes=attributes, analyzer=analyzer)
             except FaceRecError as exc:
                 entry["error"] = exc.message
                 errors += 1
                 continue
-            for i, (face, ident) in enumerate(zip(faces, idents)):
+            for i, (face, ident) in enumerate((rf.face, rf.identification) for rf in result.faces):
                 d: dict[str, Any] = {
                     "box": [round(float(v), 1) for v in face.box],
                     "name": ident.name,

@@ -26,25 +26,7 @@ import sys
 from pathlib import Path
 
 from .errors import FaceRecError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
-
-
-def list_people_dir(people_dir: Path) -> dict[str, list[Path]]:
-    """``<name>/<images>`` -> {name: [image paths]} (sorted; hidden files skipped)."""
-    from .errors import InvalidRequestError
-
-    if not people_dir.is_dir():
-        raise InvalidRequestError(f"people folder not found: {people_dir}")
-    out: dict[str, list[Path]] = {}
-    for sub in sorted(p for p in people_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        imgs = sorted(p for p in sub.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if imgs:
-            out[sub.name] = imgs
-    if not out:
-        raise InvalidRequestError(f"{people_dir} holds no <name>/<images> folders")
-    return out
-
+from .images import list_people_dir
 
 def _open(args: argparse.Namespace, with_models: bool = True):
     from .settings import load_settings
@@ -60,6 +42,13 @@ def _open(args: argparse.Namespace, with_models: bool = True):
 
 def _print(obj) -> None:
     print(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
+
+
+def _json(model: str, record) -> dict:
+    """A record as the HTTP API answers it (its response model in ``modules.api.schemas``)."""
+    from .api import schemas
+
+    return schemas.dump(getattr(schemas, model), record)
 
 
 def cmd_enroll(args):
@@ -81,28 +70,28 @@ def cmd_enroll_dir(args):
 def cmd_people(args):
     _, gallery = _open(args, with_models=False)
     items, total = gallery.list_people(args.gallery, offset=args.offset, limit=args.limit)
-    _print({"total": total, "people": [p.to_dict() for p in items]})
+    _print({"total": total, "people": [_json("PersonOut", p) for p in items]})
 
 
 def cmd_galleries(args):
     _, gallery = _open(args, with_models=False)
-    _print([g.to_dict() for g in gallery.list_galleries()])
+    _print([_json("GalleryOut", g) for g in gallery.list_galleries()])
 
 
 def cmd_identify(args):
     rec, _ = _open(args)
-    _print(rec.identify(Path(args.image), gallery=args.gallery).to_dict())
+    _print(_json("RecognitionResponse", rec.recognize(Path(args.image), gallery=args.gallery)))
 
 
 def cmd_verify(args):
     rec, _ = _open(args)
-    _print(rec.verify(Path(args.image_a), Path(args.image_b)).to_dict())
+    _print(_json("VerifyResponse", rec.verify(Path(args.image_a), Path(args.image_b))))
 
 
 def cmd_rename(args):
     _, gallery = _open(args, with_models=False)
     p = gallery.rename_person(args.gallery, args.name, args.new_name)
-    _print(p.to_dict())
+    _print(_json("PersonOut", p))
 
 
 def cmd_delete_person(args):

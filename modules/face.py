@@ -39,15 +39,6 @@ class Face:
         """Shorter side of the box in pixels (what minimum-size rules use)."""
         return min(self.width, self.height)
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "box": [round(float(v), 1) for v in self.box],
-            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks],
-            "det_score": round(float(self.det_score), 4),
-        }
-        out.update(self.attributes)
-        return out
-
 
 @dataclass
 class Candidate:
@@ -57,14 +48,6 @@ class Candidate:
     similarity: float
     person_id: int | None = None
     face_id: int | None = None  # the enrolled face that gave ``similarity``
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.person,
-            "person_id": self.person_id,
-            "face_id": self.face_id,
-            "similarity": round(float(self.similarity), 4),
-        }
 
 
 @dataclass
@@ -79,10 +62,3 @@ class Identification:
     @property
     def known(self) -> bool:
         return self.name != UNKNOWN
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "similarity": round(float(self.similarity), 4),
-            "candidates": [c.to_dict() for c in self.candidates],
-        }

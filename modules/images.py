@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import BadImageError, ImageTooLargeError, UnsupportedMediaError
+from .errors import BadImageError, ImageTooLargeError, InvalidRequestError, UnsupportedMediaError
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000  # e.g. 8000x5000
@@ -111,3 +111,20 @@ def encode_png(image_bgr: np.ndarray) -> bytes:
     if not ok:  # pragma: no cover
         raise BadImageError("could not encode image")
     return buf.tobytes()
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+def list_people_dir(people_dir: Path) -> dict[str, list[Path]]:
+    """``<name>/<images>`` -> {name: [image paths]} (sorted; hidden files skipped)."""
+    if not people_dir.is_dir():
+        raise InvalidRequestError(f"people folder not found: {people_dir}")
+    out: dict[str, list[Path]] = {}
+    for sub in sorted(p for p in people_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        imgs = sorted(p for p in sub.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if imgs:
+            out[sub.name] = imgs
+    if not out:
+        raise InvalidRequestError(f"{people_dir} holds no <name>/<images> folders")
+    return out

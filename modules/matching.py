@@ -25,9 +25,6 @@ class Verification:
     same: bool
     threshold: float
 
-    def to_dict(self) -> dict:
-        return {"similarity": round(self.similarity, 4), "same_person": self.same, "threshold": self.threshold}
-
 
 class Matcher:
     """Applies the thresholds of one embedder's config."""

@@ -3,10 +3,12 @@
     >>> from modules.recognizer import FaceRecognizer
     >>> rec = FaceRecognizer.from_config("configs/sface.yaml", gallery="data/gallery.db")
     >>> rec.enroll("default", "obama", ["obama1.jpg", "obama2.jpg"])
-    >>> result = rec.identify("group.jpg")          # every face, each with a name or "unknown"
+    >>> result = rec.recognize("group.jpg")         # every face, each with a name or "unknown"
     >>> rec.verify("a.jpg", "b.jpg").same
 
 Models load once in the constructor and the object may be shared between threads.
+:meth:`FaceRecognizer.recognize` is the one recognition path: the HTTP API, the
+folder script and the benchmarks all call it and get a :class:`RecognitionResult`.
 """
 from __future__ import annotations
 
@@ -20,33 +22,33 @@ from typing import Any, Literal
 import numpy as np
 
 from .alignment import Aligner
+from .attributes import AttributeAnalyzer, parse_attributes
 from .attributes.quality import QualityGate
 from .config import Config, load_config
 from .detection import YuNetDetector
 from .embedders import Embedder, build_embedder
-from .errors import InvalidRequestError, MultipleFacesError, NoFaceError
-from .face import Face, Identification
-from .images import decode_image, encode_png, read_file, read_image
+from .errors import GalleryNotFoundError, InvalidRequestError, MultipleFacesError, NoFaceError
+from .face import UNKNOWN, Face, Identification
+from .images import decode_image, read_file, read_image
 from .matching import Matcher, Verification
 
 ImageInput = np.ndarray | bytes | str | Path
 FacePolicy = Literal["largest", "center", "error"]
+NO_FACE = "no face"
 
 
 @dataclass
 class RecognizedFace:
+    """One face of an image and, when a gallery was searched, who it is."""
+
     face: Face
     identification: Identification | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = self.face.to_dict()
-        if self.identification is not None:
-            out.update(self.identification.to_dict())
-        return out
 
 
 @dataclass
 class RecognitionResult:
+    """Every face of one image (largest first) with the image size, gallery, model and stage timings."""
+
     faces: list[RecognizedFace]
     width: int
     height: int
@@ -58,33 +60,28 @@ class RecognitionResult:
     def names(self) -> list[str]:
         return [f.identification.name for f in self.faces if f.identification is not None]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "faces": [f.to_dict() for f in self.faces],
-            "image": {"width": self.width, "height": self.height},
-            "gallery": self.gallery,
-            "model": self.model,
-            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
-        }
+    @property
+    def name(self) -> str:
+        """The single name the original tools gave an image: the largest face's, ``unknown`` or ``no face``."""
+        if not self.faces:
+            return NO_FACE
+        largest = max(self.faces, key=lambda rf: rf.face.width * rf.face.height)
+        return largest.identification.name if largest.identification is not None else UNKNOWN
 
 
 @dataclass
 class VerifyResult(Verification):
     face_a: Face | None = None
     face_b: Face | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        out["face_a"] = self.face_a.to_dict() if self.face_a is not None else None
-        out["face_b"] = self.face_b.to_dict() if self.face_b is not None else None
-        return out
+    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-class _Timer:
+class StageTimer:
+    """Milliseconds per stage: each :meth:`lap` charges the time since the previous one to ``name``."""
+
     def __init__(self) -> None:
         self.ms: dict[str, float] = {}
-        self._t0 = time.perf_counter()
-        self._last = self._t0
+        self._t0 = self._last = time.perf_counter()
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
@@ -134,6 +131,8 @@ class FaceRecognizer:
         self.aligner = Aligner()
         self.embedder = embedder or build_embedder(self.config)
         self.matcher = Matcher(self.config.matching)
+        #: computes the attributes :meth:`recognize` is asked for (its networks load on first use)
+        self.attribute_analyzer = AttributeAnalyzer()
         q = self.config.enrollment_quality
         self.quality_gate: QualityGate | None = (
             QualityGate(**q.model_dump(exclude={"enabled"})) if q.enabled else None
@@ -183,17 +182,17 @@ class FaceRecognizer:
         self,
         image: np.ndarray,
         faces: Sequence[Face],
-        timer: _Timer | None = None,
         *,
         query: bool = False,
         flip: bool | None = None,
+        timer: StageTimer | None = None,
     ) -> list[Face]:
         """Align and embed ``faces`` of ``image`` in one batch (sets ``aligned``/``embedding``).
 
         ``query=True`` marks faces that are only identified, never stored: they
         get the embedder's ``flip_queries`` setting (one pass instead of two by
         default), gallery faces and verification the full flip averaging.
-        ``flip`` overrides either for this call.
+        ``flip`` overrides both for this call; ``timer`` gets the ``align`` and ``embed`` laps.
         """
         if not faces:
             return list(faces)
@@ -201,8 +200,8 @@ class FaceRecognizer:
             f.aligned = self.aligner.align(image, f.landmarks)
         if timer:
             timer.lap("align")
-        if flip is None:
-            flip = self.embedder.flip_queries if query else None
+        if flip is None and query:
+            flip = self.embedder.flip_queries
         embs = self.embedder.embed(np.stack([f.aligned for f in faces]), flip=flip)
         for f, e in zip(faces, embs):
             f.embedding = e
@@ -210,20 +209,6 @@ class FaceRecognizer:
         if timer:
             timer.lap("embed")
         return list(faces)
-
-    def analyze(
-        self, image: ImageInput, max_faces: int | None = None, *, query: bool = True
-    ) -> tuple[np.ndarray, list[Face], dict[str, float]]:
-        """Decode, detect, align and embed every face (largest first) for identification."""
-        timer = _Timer()
-        img = self.load_image(image)
-        timer.lap("decode")
-        faces = self.detector.detect(img)
-        if max_faces is not None:
-            faces = faces[:max_faces]
-        timer.lap("detect")
-        self.embed_faces(img, faces, timer, query=query)
-        return img, faces, timer.ms
 
     def embed_image(self, image: ImageInput, policy: FacePolicy = "largest") -> Face:
         """The embedded primary face of an image (:class:`NoFaceError` if none)."""
@@ -234,10 +219,14 @@ class FaceRecognizer:
 
     # --- 1:1 --------------------------------------------------------------------------------
     def verify(self, image_a: ImageInput, image_b: ImageInput, policy: FacePolicy = "largest") -> VerifyResult:
-        fa = self.embed_image(image_a, policy)
-        fb = self.embed_image(image_b, policy)
+        """Whether the primary faces of two images are the same person (timings: decode, verify, total)."""
+        timer = StageTimer()
+        img_a, img_b = self.load_image(image_a), self.load_image(image_b)
+        timer.lap("decode")
+        fa, fb = self.embed_image(img_a, policy), self.embed_image(img_b, policy)
         v = self.matcher.verify(fa.embedding, fb.embedding)
-        return VerifyResult(similarity=v.similarity, same=v.same, threshold=v.threshold, face_a=fa, face_b=fb)
+        timer.lap("verify")
+        return VerifyResult(v.similarity, v.same, v.threshold, face_a=fa, face_b=fb, timings_ms=timer.total())
 
     # --- 1:N --------------------------------------------------------------------------------
     def _require_gallery(self) -> Any:
@@ -245,36 +234,73 @@ class FaceRecognizer:
             raise InvalidRequestError("this recognizer has no gallery; pass gallery=... to FaceRecognizer")
         return self.gallery
 
-    def identify_embeddings(self, embeddings: np.ndarray, gallery: str = "default", top_k: int | None = None) -> list[Identification]:
-        g = self._require_gallery()
+    def identify_embeddings(
+        self, embeddings: np.ndarray, gallery: str = "default", top_k: int | None = None
+    ) -> list[Identification]:
+        """The identity (or ``unknown``) and top-k candidates of each embedding row."""
         embeddings = np.atleast_2d(np.asarray(embeddings, np.float32))
-        if len(embeddings) == 0:
-            return []
-        k = top_k or self.config.matching.top_k
-        results = g.search(gallery, embeddings, self.embedder.model_id, k)
-        n_people = g.num_people(gallery)
-        return [self.matcher.decide(cands, n_people, k) for cands in results]
+        return self._identify(embeddings, gallery, top_k) if len(embeddings) else []
 
-    def identify(
-        self, image: ImageInput, gallery: str = "default", top_k: int | None = None, max_faces: int | None = None
+    def _identify(
+        self, embeddings: np.ndarray, gallery: str, top_k: int | None, missing_gallery_ok: bool = False
+    ) -> list[Identification]:
+        """One gallery round trip answers the search and the gallery size; no rows still checks the gallery."""
+        k = top_k or self.config.matching.top_k
+        try:
+            found, n_people = self._require_gallery().search_people(gallery, embeddings, self.model_id, k)
+        except GalleryNotFoundError:
+            if not missing_gallery_ok:
+                raise
+            found, n_people = [[] for _ in embeddings], 0
+        return [self.matcher.decide(cands, n_people, k) for cands in found]
+
+    def recognize(
+        self,
+        image: ImageInput,
+        gallery: str | None = "default",
+        *,
+        top_k: int | None = None,
+        max_faces: int | None = None,
+        attributes: str | Iterable[str] | None = None,
+        analyzer: AttributeAnalyzer | None = None,
+        missing_gallery_ok: bool = False,
     ) -> RecognitionResult:
-        """Every face in the image, each with its best identity or ``unknown`` and top-k candidates."""
-        self._require_gallery()
-        img, faces, timings = self.analyze(image, max_faces=max_faces)
-        t0 = time.perf_counter()
+        """Every face of the image (largest first), each with its identity or ``unknown`` and top-k candidates.
+
+        ``gallery=None`` only detects (no embedding, no identification).  ``attributes``
+        (e.g. ``"age,gender"``) are computed by ``analyzer`` (default: this recognizer's);
+        an unknown name fails before any work.  ``missing_gallery_ok`` treats a gallery that
+        does not exist as empty; otherwise it raises :class:`GalleryNotFoundError`, faces or not.
+        Timings: decode, detect, align, embed, match, attributes, total (ms).
+        """
+        which = parse_attributes(attributes)
+        if gallery is not None:
+            self._require_gallery()
+        timer = StageTimer()
+        img = self.load_image(image)
+        timer.lap("decode")
+        faces = self.detector.detect(img)[:max_faces]
+        timer.lap("detect")
         idents: list[Identification | None] = [None] * len(faces)
-        if faces:
-            idents = list(self.identify_embeddings(np.stack([f.embedding for f in faces]), gallery, top_k))
-        timings["match"] = (time.perf_counter() - t0) * 1000
-        timings["total"] = sum(timings.values())
+        if gallery is not None:
+            self.embed_faces(img, faces, query=True, timer=timer)
+            embs = np.stack([f.embedding for f in faces]) if faces else np.zeros((0, self.embedder.dim), np.float32)
+            idents = list(self._identify(embs, gallery, top_k, missing_gallery_ok))
+            timer.lap("match")
+        if which and faces:
+            (analyzer or self.attribute_analyzer).analyze(img, faces, which)
+            timer.lap("attributes")
         return RecognitionResult(
-            faces=[RecognizedFace(f, i) for f, i in zip(faces, idents)],
-            width=img.shape[1],
-            height=img.shape[0],
-            timings_ms=timings,
+            faces=[RecognizedFace(f, i) for f, i in zip(faces, idents, strict=True)],
+            width=int(img.shape[1]),
+            height=int(img.shape[0]),
+            timings_ms=timer.total(),
             gallery=gallery,
-            model=self.embedder.model_id,
+            model=self.model_id if gallery is not None else None,
         )
+
+    #: the name the README's Python API uses
+    identify = recognize
 
     # --- enrollment -------------------------------------------------------------------------
     def prepare_enrollment(
@@ -312,18 +338,7 @@ class FaceRecognizer:
             if check_quality and self.quality_gate is not None:
                 self.quality_gate.enforce(face, name, image_bgr=img)
             digest = hashlib.sha256(raw if isinstance(raw, bytes) else img.tobytes()).hexdigest()
-            new.append(
-                NewFace(
-                    embedding=face.embedding,
-                    embedder=self.embedder.model_id,
-                    crop_png=encode_png(face.aligned),
-                    source=name,
-                    source_sha256=digest,
-                    box=[float(v) for v in face.box],
-                    landmarks=[[float(x), float(y)] for x, y in face.landmarks],
-                    det_score=float(face.det_score),
-                )
-            )
+            new.append(NewFace.from_face(face, source=name, source_sha256=digest))
         return new
 
     def enroll(

@@ -3,19 +3,57 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sqlite3
 import sys
 import threading
-import types
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from flask.testing import FlaskClient
+
+from modules.api import schemas
 from tests.api_fixtures import b64, multipart_files
 
 ENROLL = "/api/v1/galleries/{g}/people/{p}/faces"
+
+
+def response_model(app, method: str, path: str, status: int) -> type | None:
+    """The model ``/openapi.json`` names for this answer (errors: ``ErrorResponse``; None: not an API operation)."""
+    if status >= 400:
+        return schemas.ErrorResponse
+    rule, _ = app.url_map.bind("localhost").match(path, method, return_rule=True)
+    doc_path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+    if doc_path not in app.api_doc["paths"]:
+        return None  # the document itself, the docs page
+    content = app.api_doc["paths"][doc_path][method.lower()]["responses"][str(status)]["content"]
+    return getattr(schemas, content["application/json"]["schema"]["$ref"].rsplit("/", 1)[1])
+
+
+class CheckedClient(FlaskClient):
+    """Flask's test client, validating every JSON answer strictly against its documented response model:
+    a missing, mistyped or undocumented field fails the test."""
+
+    def open(self, *args, **kwargs):
+        resp = super().open(*args, **kwargs)
+        if resp.mimetype == "application/json":
+            model = response_model(self.application, resp.request.method, resp.request.path, resp.status_code)
+            if model is not None:
+                model.model_validate(resp.get_json(), strict=True)
+        return resp
+
+
+def checked(app) -> FlaskClient:
+    app.test_client_class = CheckedClient
+    return app.test_client()
+
+
+@pytest.fixture()
+def client(app):
+    return checked(app)
 
 
 def error_of(resp, status: int, code: str | None = None) -> dict:
@@ -115,6 +153,21 @@ def test_recognition_multipart_json_and_raw(client, obama_jpg, obama2_jpg, frame
     assert r.status_code == 200 and r.get_json()["name"] == "obama"
 
 
+def test_answers_are_checked_strictly_against_their_models(client, obama_jpg):
+    """What CheckedClient relies on: a missing, mistyped or unknown field fails validation."""
+    from pydantic import ValidationError
+
+    body = client.post("/recognition", json={"file": b64(obama_jpg)}).get_json()
+    face = body["faces"][0]
+    bad = [{k: v for k, v in body.items() if k != "name"}, {**body, "extra": 1},
+           {**body, "faces": [{**face, "similarity": "0.5"}]}, {**body, "faces": [{**face, "box": [1, 2, 3]}]},
+           {**body, "faces": [{**face, "candidates": [{"name": "x"}]}]}]
+    for b in bad:
+        with pytest.raises(ValidationError):
+            schemas.RecognitionResponse.model_validate(b, strict=True)
+    assert schemas.RecognitionResponse.model_validate(body, strict=True).name == body["name"]
+
+
 def test_recognition_every_face_and_unknown(client, obama_jpg, two_people_jpg):
     enroll(client, "default", "obama", obama_jpg)
     body = client.post("/recognition", json={"file": b64(two_people_jpg)}).get_json()
@@ -206,7 +259,7 @@ def test_pickles_are_never_unpickled(client):
 
 
 def test_request_too_large_is_413_json(make_app, obama_jpg):
-    client = make_app(max_upload_bytes=50_000).test_client()
+    client = checked(make_app(max_upload_bytes=50_000))
     big = b"x" * 60_000
     r = client.post("/recognition", data=multipart_files(big), content_type="multipart/form-data")
     error_of(r, 413, "too_large")
@@ -215,7 +268,7 @@ def test_request_too_large_is_413_json(make_app, obama_jpg):
 
 
 def test_too_many_pixels_is_413(make_app, obama_jpg):
-    client = make_app(max_pixels=100_000).test_client()
+    client = checked(make_app(max_pixels=100_000))
     error_of(client.post("/recognition", json={"file": b64(obama_jpg)}), 413, "too_large")
     # a decompression bomb: a tiny file declaring 50000x50000 pixels
     error_of(client.post("/recognition", data=png_bomb(50_000, 50_000), content_type="image/png"), 413, "too_large")
@@ -245,12 +298,12 @@ def test_unknown_route_and_method(client):
 
 
 def test_unexpected_error_is_500_json_without_traceback(app, client, obama_jpg, monkeypatch):
-    from modules.api import pipeline
+    from modules.api import operations
 
     def crash(*a, **k):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(pipeline, "identify", crash)
+    monkeypatch.setattr(operations, "recognize", crash)
     err = error_of(client.post("/recognition", json={"file": b64(obama_jpg)}), 500, "internal_error")
     assert "secret" not in err["message"]
 
@@ -372,7 +425,7 @@ def test_enroll_errors(client, obama_jpg, no_face_jpg, two_people_jpg):
 
 
 # --- identify, verify, detect, re-embed -----------------------------------------------------------------------
-def test_identify_in_a_chosen_gallery(client, obama_jpg, biden_jpg, two_people_jpg):
+def test_identify_in_a_chosen_gallery(client, obama_jpg, biden_jpg, two_people_jpg, no_face_jpg):
     enroll(client, "pols", "obama", obama_jpg)
     enroll(client, "pols", "biden", biden_jpg)
     r = client.post("/api/v1/galleries/pols/identify", data=multipart_files(two_people_jpg, top_k=2),
@@ -382,6 +435,10 @@ def test_identify_in_a_chosen_gallery(client, obama_jpg, biden_jpg, two_people_j
     assert sorted(f["name"] for f in faces) == ["biden", "obama"]
     assert all(len(f["candidates"]) == 2 for f in faces)
     error_of(client.post("/api/v1/galleries/nobody/identify", json={"file": b64(obama_jpg)}), 404, "gallery_not_found")
+    # a missing gallery is a 404 even when the image has no face
+    r = client.post("/api/v1/galleries/nobody/identify", json={"file": b64(no_face_jpg)})
+    error_of(r, 404, "gallery_not_found")
+    error_of(client.post("/recognition?gallery=nobody", json={"file": b64(no_face_jpg)}), 404, "gallery_not_found")
 
 
 def test_verify_two_images(client, obama_jpg, obama2_jpg, biden_jpg, no_face_jpg):
@@ -421,42 +478,16 @@ def test_detect(client, two_people_jpg, no_face_jpg):
     assert client.post("/api/v1/detect", json={"file": b64(no_face_jpg)}).get_json()["faces"] == []
 
 
-def test_attributes_wiring(client, two_people_jpg, monkeypatch):
-    try:
-        import modules.attributes  # noqa: F401
-
-        has_real = True
-    except ImportError:
-        has_real = False
-    if not has_real:
-        r = client.post("/api/v1/detect?attributes=age", json={"file": b64(two_people_jpg)})
-        error_of(r, 400, "invalid_request")
+def test_attributes_wiring(client, two_people_jpg):
     # an empty attributes value is no request at all
-    assert client.post("/api/v1/detect?attributes=", json={"file": b64(two_people_jpg)}).status_code == 200
-
-    calls = []
-    fake = types.ModuleType("modules.attributes")
-
-    def parse_attributes(spec):
-        which = [s.strip() for s in spec.split(",") if s.strip()]
-        from modules.errors import InvalidRequestError
-
-        if any(w not in ("age", "gender") for w in which):
-            raise InvalidRequestError(f"unknown attribute in {spec!r}")
-        return which
-
-    class AttributeAnalyzer:
-        def analyze(self, image_bgr, faces, which):
-            calls.append(which)
-            for f in faces:
-                f.attributes.update({w: 42 if w == "age" else "x" for w in which})
-
-    fake.parse_attributes, fake.AttributeAnalyzer = parse_attributes, AttributeAnalyzer
-    monkeypatch.setitem(sys.modules, "modules.attributes", fake)
-    body = client.post("/api/v1/detect?attributes=age,gender", json={"file": b64(two_people_jpg)}).get_json()
-    assert all(f["age"] == 42 and f["gender"] == "x" for f in body["faces"]) and "attributes" in body["timings_ms"]
-    body = client.post("/recognition", json={"file": b64(two_people_jpg), "attributes": "age"}).get_json()
-    assert all(f["age"] == 42 and "name" in f for f in body["faces"])
+    body = client.post("/api/v1/detect?attributes=", json={"file": b64(two_people_jpg)}).get_json()
+    assert set(body["faces"][0]) == {"box", "landmarks", "det_score"} and "attributes" not in body["timings_ms"]
+    body = client.post("/api/v1/detect?attributes=pose,quality", json={"file": b64(two_people_jpg)}).get_json()
+    assert all(set(f) == {"box", "landmarks", "det_score", "pose", "quality"} for f in body["faces"])
+    assert "attributes" in body["timings_ms"]
+    body = client.post("/recognition", json={"file": b64(two_people_jpg), "attributes": "pose"}).get_json()
+    assert all(set(f["pose"]) == {"yaw", "pitch", "roll"} and "name" in f and "quality" not in f for f in body["faces"])
+    assert "attributes" in body["timings_ms"]
     error_of(client.post("/recognition", json={"file": b64(two_people_jpg), "attributes": "shoe_size"}), 400)
 
 
@@ -484,7 +515,7 @@ def keyed(make_app):
     keys = app.extensions["facerec"].keys
     user, _ = keys.create(["default", "team"], label="user")
     admin, _ = keys.create(["*"], admin=True, label="admin")
-    return app, app.test_client(), user, admin
+    return app, checked(app), user, admin
 
 
 def test_api_keys_required(keyed, obama_jpg):
@@ -562,7 +593,7 @@ def test_app_module_exposes_app(monkeypatch, tmp_path):
     assert (args.host, args.port, args.data_dir) == ("0.0.0.0", 8080, "/srv/x")
     flask_app = app_module.app
     assert flask_app is app_module.application
-    assert flask_app.test_client().get("/health").status_code == 200
+    assert checked(flask_app).get("/health").status_code == 200
     assert (tmp_path / "envdata" / "gallery.db").exists()
     flask_app.extensions["facerec"].close()
 
@@ -576,7 +607,7 @@ def test_concurrent_enrollments_and_recognitions(app, obama_jpg, frame_640x480):
     statuses: list[int] = []
 
     def enroll_one(i: int) -> None:
-        c = app.test_client()
+        c = checked(app)
         r = c.post(ENROLL.format(g="crowd", p=f"person_{i:02d}"), data=multipart_files(obama_jpg),
                    content_type="multipart/form-data")
         with lock:
@@ -585,7 +616,7 @@ def test_concurrent_enrollments_and_recognitions(app, obama_jpg, frame_640x480):
                 enrolled[f"person_{i:02d}"] = r.get_json()["face_ids"]
 
     def recognize_one(i: int) -> None:
-        c = app.test_client()
+        c = checked(app)
         r = c.post("/recognition?gallery=crowd" if i % 2 else "/recognition",
                    data=frame_640x480, content_type="image/jpeg")
         with lock:
@@ -598,7 +629,7 @@ def test_concurrent_enrollments_and_recognitions(app, obama_jpg, frame_640x480):
             f.result()
     assert all(s < 500 for s in statuses), statuses
     assert len(enrolled) == n_people
-    c = app.test_client()
+    c = checked(app)
     page = c.get("/api/v1/galleries/crowd/people?limit=1000").get_json()
     assert page["total"] == n_people and all(p["num_faces"] == 1 for p in page["people"])
     ids = sorted(i for v in enrolled.values() for i in v)

@@ -4,8 +4,9 @@ Every operation of ``/openapi.json`` gets generated requests, valid and invalid
 (positive and negative modes), sent straight to the WSGI app.  Bounded: at most
 ``FUZZ_EXAMPLES`` examples per operation and mode, and ``FUZZ_SECONDS`` in all
 (environment variables, defaults 30 and 60; the pass with API keys on gets a third of the
-examples and half the time).  Each response must be a non-5xx with our JSON error
-shape when it is an error.
+examples and half the time).  Each response must be a non-5xx whose body matches
+the schema the document gives for its status (the response models forbid
+unknown fields), with our JSON error shape when it is an error.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import not_a_server_error, response_schema_conformance
 
 FUZZ_SECONDS = float(os.environ.get("FUZZ_SECONDS", "60"))
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))
@@ -37,7 +38,7 @@ def fuzz_operation(op: Any, mode: GenerationMode, *, examples: int, until: float
         response = case.call(headers=headers)
         stats["requests"] += 1
         try:
-            case.validate_response(response, checks=[not_a_server_error])
+            case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
         except Exception as exc:  # collect them all, report at the end
             failures.append(f"{op.label} [{mode.value}]: {str(exc)[:800]}")
             return

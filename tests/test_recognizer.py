@@ -37,15 +37,17 @@ def test_identifies_every_labelled_person_in_every_probe(fr_gallery, shared_data
 
 
 def test_two_people_named_with_candidates_and_timings(fr_gallery, fr_images):
-    result = fr_gallery.identify(fr_images / "two_people.jpg", gallery="fr", top_k=3)
+    result = fr_gallery.recognize(fr_images / "two_people.jpg", gallery="fr", top_k=3)
     assert sorted(result.names) == ["barack_obama", "joe_biden"]
-    d = result.to_dict()
-    assert {"decode", "detect", "align", "embed", "match", "total"} <= set(d["timings_ms"])
-    for face in d["faces"]:
-        assert len(face["box"]) == 4 and len(face["landmarks"]) == 5
-        assert len(face["candidates"]) == 3
-        assert face["candidates"][0]["name"] == face["name"]
-        sims = [c["similarity"] for c in face["candidates"]]
+    assert {"decode", "detect", "align", "embed", "match", "total"} <= set(result.timings_ms)
+    assert result.timings_ms["total"] >= sum(v for k, v in result.timings_ms.items() if k != "total") * 0.999
+    assert result.name == result.faces[0].identification.name and result.model == fr_gallery.model_id
+    for rf in result.faces:
+        assert len(rf.face.box) == 4 and rf.face.landmarks.shape == (5, 2)
+        cands = rf.identification.candidates
+        assert len(cands) == 3
+        assert cands[0].person == rf.identification.name
+        sims = [c.similarity for c in cands]
         assert sims == sorted(sims, reverse=True)
 
 
@@ -158,3 +160,52 @@ def test_top_k_beyond_the_config_default(fr_gallery, fr_images):
     assert fr_gallery.config.matching.top_k < 6
     result = fr_gallery.identify(fr_images / "obama.jpg", gallery="fr", top_k=6)
     assert len(result.faces[0].identification.candidates) == 6  # all six enrolled people, ranked
+
+
+def test_one_gallery_round_trip_and_404_without_faces(rec_with_gallery, fr_images, monkeypatch):
+    """A recognition asks the gallery once (search and size together); a missing gallery is a 404 even
+    for an image without faces, unless the caller treats it as empty."""
+    store = rec_with_gallery.gallery
+    rec_with_gallery.enroll("g", "obama", [fr_images / "obama.jpg"])
+    calls = []
+    real = store.search_people
+    monkeypatch.setattr(store, "search_people", lambda *a, **k: calls.append(a) or real(*a, **k))
+    result = rec_with_gallery.recognize(fr_images / "two_people.jpg", gallery="g")
+    assert len(calls) == 1 and sorted(result.names) == ["obama", UNKNOWN]
+    blank = np.full((240, 320, 3), 90, np.uint8)
+    assert rec_with_gallery.recognize(blank, gallery="g").faces == [] and len(calls) == 2
+    with pytest.raises(GalleryNotFoundError):
+        rec_with_gallery.recognize(blank, gallery="nobody-here")
+    lenient = rec_with_gallery.recognize(fr_images / "obama.jpg", gallery="nobody-here", missing_gallery_ok=True)
+    assert lenient.names == [UNKNOWN] and lenient.faces[0].identification.candidates == []
+    found, n_people = store.search_people("g", np.zeros((0, rec_with_gallery.embedder.dim), np.float32),
+                                          rec_with_gallery.model_id, 5)
+    assert (found, n_people) == ([], 1)
+
+
+def test_detection_only_attributes_and_the_legacy_name(rec_with_gallery, fr_images):
+    result = rec_with_gallery.recognize(fr_images / "two_people.jpg", gallery=None, attributes="pose")
+    assert len(result.faces) == 2
+    assert all(rf.identification is None and rf.face.embedding is None for rf in result.faces)
+    assert all(set(rf.face.attributes) == {"pose"} for rf in result.faces)
+    assert set(result.timings_ms) == {"decode", "detect", "attributes", "total"}
+    assert result.name == UNKNOWN and result.model is None
+    assert rec_with_gallery.recognize(np.full((64, 64, 3), 9, np.uint8), gallery=None).name == "no face"
+    from modules.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="shoe_size"):
+        rec_with_gallery.recognize(fr_images / "obama.jpg", attributes="shoe_size")
+
+
+def test_embed_faces_flip_override(recognizer, fr_images):
+    img = recognizer.load_image(fr_images / "obama.jpg")
+    emb = recognizer.embedder
+
+    def embedding(**kw):
+        return recognizer.embed_faces(img, recognizer.detector.detect(img)[:1], **kw)[0].embedding
+
+    averaged, single = embedding(flip=True), embedding(flip=False)
+    assert np.allclose(embedding(), averaged) == bool(emb.flip)
+    assert np.allclose(embedding(query=True), averaged if emb.flip_queries else single)
+    assert np.allclose(embedding(query=True, flip=True), averaged)
+    assert not np.allclose(averaged, single) and float(averaged @ single) > 0.95

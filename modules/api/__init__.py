@@ -64,10 +64,11 @@ class FaceRecAPI(OpenAPI):
 
 
 def _build_recognizer(settings: Settings, gallery: Any, models: FaceRecognizer | None) -> FaceRecognizer:
+    limits = {"max_image_bytes": settings.max_upload_bytes, "max_image_pixels": settings.max_pixels}
     if models is None:
-        return FaceRecognizer(settings.config, gallery)
+        return FaceRecognizer(settings.config, gallery, **limits)
     # reuse loaded detector/embedder (tests, several apps in one process) with this app's gallery
-    return FaceRecognizer(models.config, gallery, detector=models.detector, embedder=models.embedder)
+    return FaceRecognizer(models.config, gallery, detector=models.detector, embedder=models.embedder, **limits)
 
 
 def create_app(

@@ -3,28 +3,24 @@ from __future__ import annotations
 
 from flask_openapi3 import APIBlueprint
 
-from . import pipeline
+from . import operations
 from .common import COMMON_ERRORS, CONFLICT, IMAGE_ERRORS, NOT_FOUND, SECURITY, TAG_ANALYSIS, TAG_RECOGNITION
 from .inputs import get_images, get_options, read_payload
 from .schemas import (
-    DetectForm,
-    DetectJSON,
     DetectOptions,
     DetectResponse,
     GalleryPath,
-    IdentifyForm,
-    IdentifyJSON,
     IdentifyOptions,
     PersonPath,
-    PersonVerifyForm,
-    PersonVerifyJSON,
     PersonVerifyResponse,
     RecognitionResponse,
     VerifyForm,
     VerifyJSON,
     VerifyOptions,
     VerifyResponse,
+    dump,
     image_request_body,
+    one_image_body,
 )
 from .service import get_service
 
@@ -42,7 +38,7 @@ def create_blueprint() -> APIBlueprint:
         operation_id="detect",
         tags=[TAG_ANALYSIS],
         responses={200: DetectResponse, **IMAGE_ERRORS},
-        openapi_extensions=image_request_body(DetectForm, DetectJSON),
+        openapi_extensions=one_image_body(DetectOptions, "the image"),
     )
     def detect(query: DetectOptions):
         """Detect faces (boxes, landmarks, scores; attributes on request)
@@ -51,7 +47,8 @@ def create_blueprint() -> APIBlueprint:
         """
         payload = read_payload()
         opts = get_options(DetectOptions, payload, query, exclude=IMAGE_FIELDS)
-        return pipeline.detect(get_service(), get_images(payload, IMAGE_FIELDS)[0], opts)
+        result = operations.recognize(get_service(), get_images(payload, IMAGE_FIELDS)[0], None, opts)
+        return dump(DetectResponse, result)
 
     @bp.post(
         "/verify",
@@ -69,14 +66,14 @@ def create_blueprint() -> APIBlueprint:
         opts = get_options(VerifyOptions, payload, query, exclude=("file_a", "file_b"))
         a = get_images(payload, ("file_a",), raw_ok=False)[0]
         b = get_images(payload, ("file_b",), raw_ok=False)[0]
-        return pipeline.verify(get_service(), a, b, opts.policy)
+        return dump(VerifyResponse, get_service().recognizer.verify(a.data, b.data, opts.policy))
 
     @bp.post(
         "/galleries/<gallery>/identify",
         operation_id="identify",
         tags=[TAG_RECOGNITION],
         responses={200: RecognitionResponse, **IMAGE_ERRORS, **NOT_FOUND},
-        openapi_extensions=image_request_body(IdentifyForm, IdentifyJSON),
+        openapi_extensions=one_image_body(IdentifyOptions, "the image or video frame"),
     )
     def identify(path: GalleryPath, query: IdentifyOptions):
         """Identify every face of an image in a chosen gallery
@@ -85,14 +82,15 @@ def create_blueprint() -> APIBlueprint:
         """
         payload = read_payload()
         opts = get_options(IdentifyOptions, payload, query, exclude=IMAGE_FIELDS)
-        return pipeline.identify(get_service(), get_images(payload, IMAGE_FIELDS)[0], path.gallery, opts)
+        result = operations.recognize(get_service(), get_images(payload, IMAGE_FIELDS)[0], path.gallery, opts)
+        return dump(RecognitionResponse, result)
 
     @bp.post(
         "/galleries/<gallery>/people/<person>/verify",
         operation_id="verify_person",
         tags=[TAG_ANALYSIS],
         responses={200: PersonVerifyResponse, **IMAGE_ERRORS, **NOT_FOUND, **CONFLICT},
-        openapi_extensions=image_request_body(PersonVerifyForm, PersonVerifyJSON),
+        openapi_extensions=one_image_body(VerifyOptions, "the image to compare with the person's enrolled faces"),
     )
     def verify_person(path: PersonPath, query: VerifyOptions):
         """Verify an image against an enrolled person
@@ -103,6 +101,7 @@ def create_blueprint() -> APIBlueprint:
         payload = read_payload()
         opts = get_options(VerifyOptions, payload, query, exclude=IMAGE_FIELDS)
         upload = get_images(payload, IMAGE_FIELDS)[0]
-        return pipeline.verify_person(get_service(), upload, path.gallery, path.person, opts.policy)
+        answer = operations.verify_person(get_service(), upload, path.gallery, path.person, opts.policy)
+        return answer.model_dump(mode="json")
 
     return bp

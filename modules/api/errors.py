@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from ..errors import FaceRecError, ServiceUnavailableError
+from .schemas import ErrorBody, ErrorResponse
 
 log = logging.getLogger("facerec.api")
 
@@ -43,10 +44,8 @@ HTTP_CODES = {
 
 
 def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> Response:
-    body: dict[str, Any] = {"code": code, "message": message}
-    if details:
-        body["details"] = details
-    resp = jsonify({"error": body})
+    body = ErrorResponse(error=ErrorBody(code=code, message=message, details=details or None))
+    resp = jsonify(body.model_dump(mode="json", exclude_none=True))
     resp.status_code = status
     return resp
 
@@ -56,8 +55,7 @@ def handle_facerec_error(exc: FaceRecError) -> Response:
         # config/model/database failures: the message may name server paths
         log.error("%s %s failed: %s", request.method, request.path, exc.message, exc_info=exc)
         return error_response(exc.status, exc.code, "internal server error; see the server log")
-    resp = jsonify(exc.to_dict())
-    resp.status_code = exc.status
+    resp = error_response(exc.status, exc.code, exc.message, exc.details)
     if isinstance(exc, ServiceUnavailableError):
         resp.headers["Retry-After"] = "1"
     return resp

@@ -16,7 +16,7 @@ from flask_openapi3 import APIBlueprint
 
 from ..errors import FaceNotFoundError, InvalidRequestError
 from ..storage import validate_name
-from . import pipeline
+from . import operations
 from .auth import admin_only, authorize_gallery, visible
 from .common import (
     COMMON_ERRORS,
@@ -53,6 +53,7 @@ from .schemas import (
     ReembedQuery,
     ReembedResponse,
     UpdatePersonBody,
+    dump,
     image_request_body,
 )
 from .service import get_service
@@ -88,7 +89,7 @@ def create_blueprint() -> APIBlueprint:
     @bp.get("/galleries", operation_id="list_galleries", tags=[TAG_GALLERIES], responses={200: GalleryList})
     def list_galleries():
         """List galleries (those the API key may use)"""
-        return {"galleries": [g.to_dict() for g in visible(_gallery().list_galleries())]}
+        return dump(GalleryList, {"galleries": visible(_gallery().list_galleries())})
 
     @bp.post(
         "/galleries",
@@ -102,7 +103,7 @@ def create_blueprint() -> APIBlueprint:
         Galleries are also created by the first enrollment into them.
         """
         authorize_gallery(body.name)
-        return _gallery().create_gallery(body.name).to_dict(), 201
+        return dump(GalleryOut, _gallery().create_gallery(body.name)), 201
 
     @bp.get(
         "/galleries/<gallery>",
@@ -112,7 +113,7 @@ def create_blueprint() -> APIBlueprint:
     )
     def get_gallery(path: GalleryPath):
         """Get a gallery with its people and face counts"""
-        return _gallery().get_gallery(path.gallery).to_dict()
+        return dump(GalleryOut, _gallery().get_gallery(path.gallery))
 
     @bp.delete(
         "/galleries/<gallery>",
@@ -124,7 +125,7 @@ def create_blueprint() -> APIBlueprint:
     def delete_gallery(path: GalleryPath):
         """Delete a gallery with all its people and faces (admin key)"""
         counts = _gallery().delete_gallery(path.gallery)
-        return {"deleted": validate_name(path.gallery, "gallery name"), **counts}
+        return dump(GalleryDeleted, {"deleted": validate_name(path.gallery, "gallery name"), **counts})
 
     @bp.post(
         "/galleries/<gallery>/reembed",
@@ -141,7 +142,8 @@ def create_blueprint() -> APIBlueprint:
         crops are embedded again, in one transaction.
         """
         svc = get_service()
-        return svc.gallery.reembed(path.gallery, svc.recognizer.embedder, drop_uncroppable=query.drop_uncroppable)
+        report = svc.gallery.reembed(path.gallery, svc.recognizer.embedder, drop_uncroppable=query.drop_uncroppable)
+        return dump(ReembedResponse, report)
 
     # --- people ----------------------------------------------------------------------------
     @bp.get(
@@ -153,7 +155,7 @@ def create_blueprint() -> APIBlueprint:
     def list_people(path: GalleryPath, query: PageQuery):
         """List the people of a gallery, by name, with pagination"""
         people, total = _gallery().list_people(path.gallery, offset=query.offset, limit=query.limit)
-        return {"people": [p.to_dict() for p in people], "total": total, "offset": query.offset, "limit": query.limit}
+        return dump(PeoplePage, {"people": people, "total": total, "offset": query.offset, "limit": query.limit})
 
     @bp.post(
         "/galleries/<gallery>/people",
@@ -163,7 +165,7 @@ def create_blueprint() -> APIBlueprint:
     )
     def create_person(path: GalleryPath, body: CreatePersonBody):
         """Create a person without faces (409 if the name is taken; creates the gallery if missing)"""
-        return _gallery().add_person(path.gallery, body.name, body.metadata).to_dict(), 201
+        return dump(PersonOut, _gallery().add_person(path.gallery, body.name, body.metadata)), 201
 
     @bp.get(
         "/galleries/<gallery>/people/<person>",
@@ -173,7 +175,7 @@ def create_blueprint() -> APIBlueprint:
     )
     def get_person(path: PersonPath):
         """Get a person"""
-        return _gallery().get_person(path.gallery, path.person).to_dict()
+        return dump(PersonOut, _gallery().get_person(path.gallery, path.person))
 
     @bp.patch(
         "/galleries/<gallery>/people/<person>",
@@ -191,8 +193,8 @@ def create_blueprint() -> APIBlueprint:
         if "name" in given and body.name is not None:
             name = store.rename_person(path.gallery, name, body.name).name
         if "metadata" in given:
-            return store.set_person_metadata(path.gallery, name, body.metadata).to_dict()
-        return store.get_person(path.gallery, name).to_dict()
+            return dump(PersonOut, store.set_person_metadata(path.gallery, name, body.metadata))
+        return dump(PersonOut, store.get_person(path.gallery, name))
 
     @bp.delete(
         "/galleries/<gallery>/people/<person>",
@@ -203,7 +205,7 @@ def create_blueprint() -> APIBlueprint:
     def delete_person(path: PersonPath):
         """Delete a person and their faces"""
         n = _gallery().delete_person(path.gallery, path.person)
-        return {"deleted": validate_name(path.person, "person name"), "faces": n}
+        return dump(PersonDeleted, {"deleted": validate_name(path.person, "person name"), "faces": n})
 
     # --- faces -----------------------------------------------------------------------------
     @bp.post(
@@ -223,10 +225,10 @@ def create_blueprint() -> APIBlueprint:
         opts = get_options(EnrollOptions, payload, query, exclude=ENROLL_FIELDS)
         uploads = get_images(payload, ENROLL_FIELDS, many=True)
         svc = get_service()
-        ids = pipeline.enroll(svc, path.gallery, path.person, uploads, opts.policy)
-        faces = [svc.gallery.get_face(i, gallery=path.gallery).to_dict() for i in ids]
-        person = svc.gallery.get_person(path.gallery, path.person).to_dict()
-        return {"face_ids": ids, "faces": faces, "person": person}, 201
+        ids = operations.enroll(svc, path.gallery, path.person, uploads, opts.policy)
+        faces = [svc.gallery.get_face(i, gallery=path.gallery) for i in ids]
+        person = svc.gallery.get_person(path.gallery, path.person)
+        return dump(EnrollResponse, {"face_ids": ids, "faces": faces, "person": person}), 201
 
     @bp.get(
         "/galleries/<gallery>/people/<person>/faces",
@@ -236,7 +238,7 @@ def create_blueprint() -> APIBlueprint:
     )
     def list_faces(path: PersonPath):
         """List a person's enrolled faces"""
-        return {"faces": [f.to_dict() for f in _gallery().list_faces(path.gallery, path.person)]}
+        return dump(FaceList, {"faces": _gallery().list_faces(path.gallery, path.person)})
 
     @bp.get(
         "/galleries/<gallery>/people/<person>/faces/<face_id>",
@@ -246,7 +248,7 @@ def create_blueprint() -> APIBlueprint:
     )
     def get_face(path: FacePath):
         """Get one enrolled face (where it came from, its box and landmarks)"""
-        return _face_of_person(path).to_dict()
+        return dump(FaceOut, _face_of_person(path))
 
     @bp.get(
         "/galleries/<gallery>/people/<person>/faces/<face_id>/crop",
@@ -273,6 +275,6 @@ def create_blueprint() -> APIBlueprint:
         """Delete one enrolled face"""
         info = _face_of_person(path)
         _gallery().delete_face(info.id, gallery=path.gallery)
-        return {"deleted": info.id}
+        return dump(FaceDeleted, {"deleted": info.id})
 
     return bp

@@ -22,7 +22,7 @@ def create_blueprint() -> APIBlueprint:
     @public
     def health():
         """Liveness: the process answers"""
-        return {"status": "ok"}
+        return HealthResponse(status="ok").model_dump()
 
     @bp.get("/ready", operation_id="ready", responses={200: ReadyResponse, **UNAVAILABLE})
     @public
@@ -36,12 +36,10 @@ def create_blueprint() -> APIBlueprint:
         except FaceRecError as exc:
             log.warning("readiness check failed: %s", exc.message)
             raise ServiceUnavailableError("the gallery database is not available") from None
-        return {
-            "status": "ready",
-            "model": svc.recognizer.model_id,
-            "gallery": svc.settings.default_gallery,
-            "api_keys": svc.keys is not None,
-        }
+        return ReadyResponse(
+            status="ready", model=svc.recognizer.model_id, gallery=svc.settings.default_gallery,
+            api_keys=svc.keys is not None,
+        ).model_dump()
 
     return bp
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from flask_openapi3 import APIBlueprint
 
-from . import pipeline
+from . import operations
 from .auth import authorize_gallery
 from .common import COMMON_ERRORS, IMAGE_ERRORS, NOT_FOUND, SECURITY, TAG_RECOGNITION
 from .inputs import get_images, get_options, read_payload
 from .schemas import (
     LegacyRecognitionResponse,
-    RecognitionForm,
-    RecognitionJSON,
     RecognitionOptions,
+    RecognitionReply,
     RecognitionResponse,
-    image_request_body,
+    dump,
+    one_image_body,
 )
 from .service import get_service
 
@@ -34,8 +34,8 @@ def create_blueprint() -> APIBlueprint:
     @bp.post(
         "/recognition",
         operation_id="recognize",
-        responses={200: RecognitionResponse, **IMAGE_ERRORS, **NOT_FOUND},
-        openapi_extensions=image_request_body(RecognitionForm, RecognitionJSON),
+        responses={200: RecognitionReply, **IMAGE_ERRORS, **NOT_FOUND},
+        openapi_extensions=one_image_body(RecognitionOptions, "the image or video frame"),
     )
     def recognize(query: RecognitionOptions):
         """Recognize every face in an image or video frame
@@ -54,9 +54,8 @@ def create_blueprint() -> APIBlueprint:
         gallery = opts.gallery or svc.settings.default_gallery
         authorize_gallery(gallery)
         upload = get_images(payload, IMAGE_FIELDS)[0]
-        out = pipeline.identify(svc, upload, gallery, opts, missing_ok=gallery == svc.settings.default_gallery)
-        if opts.legacy:
-            return LegacyRecognitionResponse(name=out["name"]).model_dump()
-        return out
+        missing_ok = gallery == svc.settings.default_gallery  # the default gallery may have been deleted: empty
+        result = operations.recognize(svc, upload, gallery, opts, missing_gallery_ok=missing_ok)
+        return dump(LegacyRecognitionResponse if opts.legacy else RecognitionResponse, result)
 
     return bp

@@ -6,15 +6,34 @@ JSON bodies are validated by flask-openapi3 itself (errors become 400
 ``multipart/form-data`` (file parts), as JSON (base64 strings) or as a raw
 ``image/*`` body; :func:`image_request_body` documents both shapes from a
 pair of models and :mod:`modules.api.inputs` reads them.
+
+The response models are also the serialisers: :func:`dump` builds every
+answer's JSON from the library's records (``from_attributes``), so the
+document and the answers cannot drift apart.
 """
 from __future__ import annotations
 
 import copy
+import numbers
 import threading
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    RootModel,
+    create_model,
+    model_serializer,
+    model_validator,
+)
 
+from ..attributes import ATTRIBUTES
+from ..face import Face
+from ..recognizer import RecognitionResult, RecognizedFace
 from ..storage import MAX_NAME_LEN
 
 MAX_SQL_INT = 2**63 - 1
@@ -58,17 +77,19 @@ class _In(BaseModel):
 
 
 class _Out(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """Response models: records are read by attribute; a field missing, mistyped or unknown is an error."""
+
+    model_config = ConfigDict(extra="forbid", from_attributes=True)
 
 
 # --- errors ---------------------------------------------------------------------------
-class ErrorBody(BaseModel):
+class ErrorBody(_Out):
     code: str = Field(description="stable machine-readable code, e.g. `no_face`, `person_not_found`")
     message: str = Field(description="what went wrong, for people")
     details: dict[str, Any] | None = None
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(_Out):
     """Every error, whatever the status."""
 
     error: ErrorBody
@@ -129,33 +150,6 @@ class VerifyOptions(_In):
 
 
 # --- image request bodies (documentation + validation of the non-file fields) --------------------------
-class RecognitionForm(RecognitionOptions):
-    file: bytes = Field(description="the image or video frame")
-
-
-class RecognitionJSON(RecognitionOptions):
-    file: str | None = Field(None, description=BASE64_DOC)
-    image: str | None = Field(None, description="alias of `file`")
-
-
-class IdentifyForm(IdentifyOptions):
-    file: bytes = Field(description="the image or video frame")
-
-
-class IdentifyJSON(IdentifyOptions):
-    file: str | None = Field(None, description=BASE64_DOC)
-    image: str | None = Field(None, description="alias of `file`")
-
-
-class DetectForm(DetectOptions):
-    file: bytes = Field(description="the image")
-
-
-class DetectJSON(DetectOptions):
-    file: str | None = Field(None, description=BASE64_DOC)
-    image: str | None = Field(None, description="alias of `file`")
-
-
 class EnrollForm(EnrollOptions):
     file: list[bytes] = Field(description="one or more photos of the person, one face each (repeat the part)")
 
@@ -175,21 +169,22 @@ class VerifyJSON(VerifyOptions):
     file_b: str = Field(description=BASE64_DOC)
 
 
-class PersonVerifyForm(VerifyOptions):
-    file: bytes = Field(description="the image to compare with the person's enrolled faces")
-
-
-class PersonVerifyJSON(VerifyOptions):
-    file: str | None = Field(None, description=BASE64_DOC)
-    image: str | None = Field(None, description="alias of `file`")
-
-
 def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema()
     if "$defs" in schema:  # pragma: no cover - guard for future nested models
         raise TypeError(f"{model.__name__}: image request bodies must be flat models")
     schema.pop("title", None)
     return schema
+
+
+def one_image_body(options: type[BaseModel], what: str) -> dict[str, Any]:
+    """``openapi_extensions`` for an operation reading one image (``file``, alias ``image``) and ``options``."""
+    form = create_model(f"{options.__name__}Form", __base__=options, file=(bytes, Field(description=what)))
+    json_model = create_model(
+        f"{options.__name__}JSON", __base__=options, file=(str | None, Field(None, description=BASE64_DOC)),
+        image=(str | None, Field(None, description="alias of `file`")),
+    )
+    return image_request_body(form, json_model)
 
 
 def image_request_body(form: type[BaseModel], json_model: type[BaseModel], *, raw: bool = True) -> dict[str, Any]:
@@ -233,82 +228,161 @@ class UpdatePersonBody(_In):
     metadata: dict[str, Any] | None = Field(None, description="replaces the metadata")
 
 
-# --- responses ---------------------------------------------------------------------------------
-class CandidateOut(BaseModel):
-    name: str
+# --- responses: the JSON of every answer, built from the library's records ------------------------
+def _plain(ndigits: int) -> BeforeValidator:
+    """Numbers (numpy's too, also in arrays and lists) as floats rounded to ``ndigits``; anything else as given."""
+
+    def conv(v: Any) -> Any:
+        if isinstance(v, np.ndarray):
+            v = v.tolist()
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, numbers.Real) and not isinstance(v, bool):
+            return round(float(v), ndigits)
+        return v
+
+    return BeforeValidator(conv)
+
+
+Score = Annotated[float, _plain(4)]  # similarities and detector scores
+Pixels = Annotated[list[float], _plain(1)]
+Millis = dict[str, Annotated[float, _plain(2)]]
+
+
+class CandidateOut(_Out):
+    name: str = Field(validation_alias=AliasChoices("name", "person"))
     person_id: int | None = None
-    face_id: int | None = None
-    similarity: float
+    face_id: int | None = Field(None, description="the enrolled face that gave `similarity`")
+    similarity: Score
+
+
+class GenderOut(_Out):
+    value: Literal["female", "male"]
+    probability: float
+
+
+class EmotionOut(_Out):
+    value: str
+    scores: dict[str, float]
+
+
+class PoseOut(_Out):
+    yaw: float
+    pitch: float
+    roll: float
+
+
+class QualityOut(_Out):
+    score: float = Field(description="0..1")
+    reasons: list[str]
+    size_px: float
+    sharpness: float | None
 
 
 class DetectedFace(_Out):
     """A face: box `[x1, y1, x2, y2]`, 5 landmarks (eyes, nose, mouth corners) and the detector's score.
-    Attributes, when asked for, are added as extra fields."""
+    The attributes asked for (`age`, `gender`, `emotion`, `pose`, `quality`) are added; the others are absent."""
 
-    box: list[float] = Field(min_length=4, max_length=4)
-    landmarks: list[list[float]]
-    det_score: float
+    box: Pixels = Field(min_length=4, max_length=4)
+    landmarks: Annotated[list[list[float]], _plain(1)]
+    det_score: Score
+    age: float | None = Field(None, description="estimated apparent age in years")
+    gender: GenderOut | None = None
+    emotion: EmotionOut | None = None
+    pose: PoseOut | None = None
+    quality: QualityOut | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_record(cls, v: Any) -> Any:
+        ident = None
+        if isinstance(v, RecognizedFace):
+            v, ident = v.face, v.identification
+        if not isinstance(v, Face):
+            return v
+        out = {"box": v.box, "landmarks": v.landmarks, "det_score": v.det_score, **v.attributes}
+        if ident is not None and "name" in cls.model_fields:
+            out.update(name=ident.name, similarity=ident.similarity, candidates=ident.candidates)
+        return out
+
+    @model_serializer(mode="wrap")
+    def _asked_attributes_only(self, handler: Any):  # no return type: the schema stays the fields
+        return {k: v for k, v in handler(self).items() if v is not None or k not in ATTRIBUTES}
 
 
-class RecognizedFace(DetectedFace):
+class RecognizedFaceOut(DetectedFace):
     name: str = Field(description='best identity, or "unknown" below the open-set threshold')
-    similarity: float = Field(description="cosine similarity of the best candidate")
+    similarity: Score = Field(description="cosine similarity of the best candidate")
     candidates: list[CandidateOut] = Field(description="top-k people, best first")
 
 
-class ImageSize(BaseModel):
+class ImageSize(_Out):
     width: int
     height: int
 
 
-class Timings(_Out):
-    """Milliseconds per stage (decode, detect, align, embed, match, attributes) and total."""
+class _ImageResult(_Out):
+    """Built from a :class:`~modules.recognizer.RecognitionResult` (the fields this answer has)."""
 
-    total: float | None = None
+    @model_validator(mode="before")
+    @classmethod
+    def _from_result(cls, v: Any) -> Any:
+        if not isinstance(v, RecognitionResult):
+            return v
+        fields = {"faces": v.faces, "image": {"width": v.width, "height": v.height}, "gallery": v.gallery,
+                  "model": v.model, "timings_ms": v.timings_ms, "name": v.name}
+        return {k: x for k, x in fields.items() if k in cls.model_fields}
 
 
-class RecognitionResponse(_Out):
-    faces: list[RecognizedFace]
+TIMINGS_DOC = "milliseconds per stage (decode, detect, align, embed, match, attributes) and total"
+
+
+class RecognitionResponse(_ImageResult):
+    faces: list[RecognizedFaceOut]
     image: ImageSize
     gallery: str | None
     model: str | None
-    timings_ms: dict[str, float]
+    timings_ms: Millis = Field(description=TIMINGS_DOC)
     name: str = Field(
         description='compatibility field for the original clients: name of the largest face, "unknown" or "no face"'
     )
 
 
-class LegacyRecognitionResponse(BaseModel):
+class LegacyRecognitionResponse(_Out):
     name: str
 
 
-class DetectResponse(BaseModel):
+class RecognitionReply(RootModel[RecognitionResponse | LegacyRecognitionResponse]):
+    """Every face (`RecognitionResponse`), or only the `name` with `legacy=1`."""
+
+
+class DetectResponse(_ImageResult):
     faces: list[DetectedFace]
     image: ImageSize
-    timings_ms: dict[str, float]
+    timings_ms: Millis = Field(description=TIMINGS_DOC)
 
 
-class VerifyResponse(BaseModel):
-    similarity: float
-    same_person: bool
+class VerifyResponse(_Out):
+    similarity: Score
+    same_person: bool = Field(validation_alias=AliasChoices("same_person", "same"))
     threshold: float
     face_a: DetectedFace | None
     face_b: DetectedFace | None
-    timings_ms: dict[str, float]
+    timings_ms: Millis
 
 
-class PersonVerifyResponse(BaseModel):
+class PersonVerifyResponse(_Out):
     gallery: str
     person: str
-    similarity: float = Field(description="best cosine similarity over the person's enrolled faces")
+    similarity: Score = Field(description="best cosine similarity over the person's enrolled faces")
     same_person: bool
     threshold: float
     face_id: int | None = Field(description="the enrolled face that matched best")
     face: DetectedFace
-    timings_ms: dict[str, float]
+    timings_ms: Millis
 
 
-class GalleryOut(BaseModel):
+class GalleryOut(_Out):
     id: int
     name: str
     created_at: str
@@ -317,17 +391,17 @@ class GalleryOut(BaseModel):
     embedders: dict[str, int]
 
 
-class GalleryList(BaseModel):
+class GalleryList(_Out):
     galleries: list[GalleryOut]
 
 
-class GalleryDeleted(BaseModel):
+class GalleryDeleted(_Out):
     deleted: str
     people: int
     faces: int
 
 
-class PersonOut(BaseModel):
+class PersonOut(_Out):
     id: int
     gallery: str
     name: str
@@ -336,45 +410,45 @@ class PersonOut(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
-class PeoplePage(BaseModel):
+class PeoplePage(_Out):
     people: list[PersonOut]
     total: int
     offset: int
     limit: int
 
 
-class PersonDeleted(BaseModel):
+class PersonDeleted(_Out):
     deleted: str
     faces: int
 
 
-class FaceOut(BaseModel):
+class FaceOut(_Out):
     id: int
     person_id: int
     person: str
     gallery: str
-    embedder: str
-    dim: int
+    embedder: str = Field(description="id of the model that made the embedding")
+    dim: int = Field(description="embedding size")
     created_at: str
-    has_crop: bool
-    source: str | None = None
+    has_crop: bool = Field(description="the aligned crop is stored (faces imported from a legacy pickle have none)")
+    source: str | None = Field(None, description="file name or label the face was enrolled from")
     source_sha256: str | None = None
     box: list[float] | None = None
     landmarks: list[list[float]] | None = None
     det_score: float | None = None
 
 
-class FaceList(BaseModel):
+class FaceList(_Out):
     faces: list[FaceOut]
 
 
-class EnrollResponse(BaseModel):
+class EnrollResponse(_Out):
     face_ids: list[int]
     faces: list[FaceOut]
     person: PersonOut
 
 
-class FaceDeleted(BaseModel):
+class FaceDeleted(_Out):
     deleted: int
 
 
@@ -387,12 +461,17 @@ class ReembedResponse(_Out):
     dim: int
 
 
-class HealthResponse(BaseModel):
+class HealthResponse(_Out):
     status: Literal["ok"]
 
 
-class ReadyResponse(BaseModel):
+class ReadyResponse(_Out):
     status: Literal["ready"]
     model: str
     gallery: str
     api_keys: bool
+
+
+def dump(model: type[BaseModel], value: Any) -> dict[str, Any]:
+    """The JSON body of ``value`` (a record, or a mapping of fields and records) as ``model`` describes it."""
+    return model.model_validate(value).model_dump(mode="json")

@@ -2,8 +2,8 @@
 
 Off by default; a request names the ones it wants
 (``attributes=age,gender,emotion,pose,quality``) and each face then carries
-exactly those keys in its JSON (``Face.attributes`` is merged by
-``Face.to_dict()``):
+exactly those keys in its JSON (the API's response models merge
+``Face.attributes`` into each face):
 
 * ``age``: estimated apparent age in years (float, one decimal);
 * ``gender``: ``{"value": "female" | "male", "probability": p}``, a binary
@@ -85,7 +85,7 @@ class AttributeAnalyzer:
 
     >>> analyzer = AttributeAnalyzer()
     >>> analyzer.analyze(image_bgr, faces, parse_attributes("age,gender,pose"))
-    >>> faces[0].to_dict()["gender"]
+    >>> faces[0].attributes["gender"]
     {'value': 'female', 'probability': 0.9876}
 
     ``gate`` sets the limits the ``quality`` reasons are worded against (and
