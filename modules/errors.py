@@ -21,11 +21,6 @@ class FaceRecError(Exception):
         self.message = message
         self.details = details or {}
 
-    def to_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.details:
-            body["details"] = self.details
-        return {"error": body}
 
 
 # --- input ------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """The API key store and its command line: hashed keys, scopes, revocation, key databases of the previous version."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import shutil
 import stat
@@ -44,8 +46,8 @@ def test_create_verify_list_revoke(tmp_path):
     assert rec.galleries == ("team", "default") and rec.allows("team") and not rec.allows("other")
     assert arec.admin and arec.allows("anything") and arec.label == ""
     assert store.verify(user) == rec and store.verify(f"  {admin}\n") == arec
-    assert rec.to_dict() == {"id": rec.id, "galleries": ["team", "default"], "admin": False, "label": "user",
-                             "created_at": rec.created_at, "revoked_at": None}
+    assert dataclasses.asdict(rec) == {"id": rec.id, "galleries": ("team", "default"), "admin": False,
+                                       "label": "user", "created_at": rec.created_at, "revoked_at": None}
     # same id, other secret; malformed; empty: all refused
     forged = f"frk_{rec.id}_{'A' * 43}"
     assert hash_key(forged) != hash_key(user) and store.verify(forged) is None

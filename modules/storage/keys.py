@@ -62,9 +62,6 @@ class ApiKey:
     def allows(self, gallery: str) -> bool:
         return ALL_GALLERIES in self.galleries or gallery in self.galleries
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "galleries": list(self.galleries)}
-
     @classmethod
     def from_row(cls, row: Any) -> ApiKey:
         return cls(row.id, tuple(json.loads(row.galleries)), bool(row.admin), row.label, row.created_at, row.revoked_at)

@@ -259,15 +259,6 @@ class GalleryInfo:
     num_faces: int
     embedders: dict[str, int] = field(default_factory=dict)  # model id -> face count
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "created_at": self.created_at,
-            "num_people": self.num_people,
-            "num_faces": self.num_faces,
-            "embedders": dict(self.embedders),
-        }
 
 
 @dataclass
@@ -279,15 +270,6 @@ class PersonInfo:
     num_faces: int
     metadata: dict[str, Any] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "gallery": self.gallery,
-            "name": self.name,
-            "created_at": self.created_at,
-            "num_faces": self.num_faces,
-            "metadata": self.metadata,
-        }
 
 
 @dataclass
@@ -307,22 +289,6 @@ class FaceInfo:
     det_score: float | None = None
     embedding: np.ndarray | None = None  # only when asked for
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "person_id": self.person_id,
-            "person": self.person,
-            "gallery": self.gallery,
-            "embedder": self.embedder,
-            "dim": self.dim,
-            "created_at": self.created_at,
-            "has_crop": self.has_crop,
-            "source": self.source,
-            "source_sha256": self.source_sha256,
-            "box": self.box,
-            "landmarks": self.landmarks,
-            "det_score": self.det_score,
-        }
 
 
 # --- search helpers --------------------------------------------------------------
