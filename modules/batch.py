@@ -30,7 +30,6 @@ import cv2
 import numpy as np
 
 from .images import IMAGE_SUFFIXES, list_people_dir
-from .config import gallery_location
 from .errors import ConfigError, FaceRecError, InvalidRequestError
 from .face import UNKNOWN
 
@@ -54,7 +53,7 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--config", default=None, help="embedder config (default configs/sface.yaml)")
     ap.add_argument(
         "--data-dir",
-        default=os.environ.get("FACEREC_DATA_DIR"),
+        default=None,
         help="the persistent gallery is <data-dir>/gallery.db (default ./data or $FACEREC_DATA_DIR)",
     )
     ap.add_argument(
@@ -127,8 +126,9 @@ def open_for_script(
     args: argparse.Namespace, log: Callable[[str], None] | None = None
 ) -> tuple[Any, str, Callable[[], None]]:
     """The recognizer with its gallery ready: ``(recognizer, gallery name, cleanup)``."""
-    from .storage import open_gallery, resolve_database_url
     from .recognizer import FaceRecognizer
+    from .settings import load_settings
+    from .storage import open_gallery
 
     log = log or (lambda m: print(m, file=sys.stderr))
     tmp: str | None = None
@@ -136,7 +136,7 @@ def open_for_script(
         tmp = tempfile.mkdtemp(prefix="facerec-gallery-")
         location: str | Path = Path(tmp) / "gallery.db"
     else:
-        location = gallery_location(args.data_dir, resolve_database_url(getattr(args, "database_url", None)))
+        location = load_settings(data_dir=args.data_dir, gallery_url=getattr(args, "database_url", None)).gallery_location
         if args.gallery_dir is None and isinstance(location, Path) and not location.exists():
             raise ConfigError(
                 f"no gallery at {location}: pass --gallery-dir PEOPLE_DIR, or enroll people first"

@@ -174,14 +174,3 @@ def load_config(name_or_path: str | Path | None = None) -> Config:
 def resolve_project_path(p: str | Path) -> Path:
     p = Path(p)
     return p if p.is_absolute() else PROJECT_ROOT / p
-
-
-DEFAULT_DATA_DIR = Path("data")
-GALLERY_DB_NAME = "gallery.db"
-
-
-def gallery_location(data_dir: str | Path | None = None, database_url: str | None = None) -> str | Path:
-    """Where the gallery lives: an explicit database URL, else ``<data_dir>/gallery.db``."""
-    if database_url:
-        return database_url
-    return Path(data_dir or DEFAULT_DATA_DIR) / GALLERY_DB_NAME

@@ -252,8 +252,7 @@ def test_migration_from_schema_1(db, rng):
     s.close()
 
 
-
-
+@pytest.mark.parametrize("bad", ["", "   ", "a/b", "x" * 129, "tab\there", "nl\n", ".", "..", " lead", 7, None])
 def test_invalid_names(store, rng, bad):
     with pytest.raises(InvalidRequestError):
         store.add_person("main", bad)
