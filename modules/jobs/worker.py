@@ -79,7 +79,8 @@ def build_worker(args: argparse.Namespace) -> Any:
     queue = settings.queue
     executor = RedisQueueExecutor(settings.queue_url, queue)
     name = args.name or worker_name()
-    ctx = TaskContext(store=store, storage_dir=storage, recognizer_for=recognizers(gallery, settings.config), worker=name)
+    ctx = TaskContext(store=store, storage_dir=storage, recognizer_for=recognizers(gallery, settings.config),
+                      worker=name)
     executor.ctx = ctx
     worker = VideoWorker(
         [executor.queue],
