@@ -1,30 +1,11 @@
-"""Long videos in chunks: plan the frame ranges, then join the ranges' analyses into one result.
+"""Long videos in chunks: plan the frame ranges, then join the ranges' analyses into one result (docs/queue.md).
 
-A video longer than ``ChunkPolicy.min_seconds`` is cut into ranges of about
-``chunk_seconds``.  Each range is analysed on its own (any worker, in any order)
-by :func:`modules.video.ranges.analyze_range`, started ``overlap`` frames
-*before* the range so that its tracks are warm when the range begins.
-
-:func:`join_chunks` then makes one result of them:
-
-* **tracks across borders**: in the overlap, the frames of range *k-1*
-  (its own output) and the warm-up frames of range *k* show the same faces;
-  boxes with IoU >= 0.5 in the same frame vote for "same track", and the
-  pairs with most votes are matched one to one.  A matched track keeps the
-  id it had in the earlier range; tracks that start in range *k* get the next
-  free ids, so ids stay unique and increasing over the whole video;
-* **identity evidence**: the pieces of a joined track that were named all
-  agree -> that name for the whole track (pieces that were still unknown take
-  it, as a single pass would have labelled them).  No name, or conflicting
-  names -> the track is decided again on the embeddings of all its pieces
-  together (more samples, so the relaxed threshold of
-  :mod:`~modules.video.identity` may apply); a conflict resolves only to one
-  of the names the pieces had, otherwise ``unknown``;
-* best crop: the best-quality crop of all pieces; name history: all pieces',
-  plus a ``joined across chunks`` entry when the join renamed a piece.
-
-The annotated video is then rendered per range with the final names and ids and
-the segments concatenated (:mod:`modules.video.ranges`).
+The join matches tracks across borders on the overlap (a matched track keeps its earlier id; new tracks take the
+next free ids, so ids stay unique and increasing) and merges identity evidence: named pieces that agree name the
+whole track (unknown pieces take it, as a single pass would have labelled them); otherwise the track is decided
+again on all pieces' embeddings (so the relaxed threshold may apply), a conflict resolving only to one of the
+pieces' names, else ``unknown``.  Best crop: the best of all pieces; name history: all pieces', plus a
+``joined across chunks`` entry where the join renamed a piece.
 """
 
 from __future__ import annotations
@@ -93,9 +74,8 @@ class ChunkPolicy:
 
 
 # --- joining -----------------------------------------------------------------------------------------------
-def match_overlap(
-    before: Iterable[dict[str, Any]], after: Iterable[dict[str, Any]], min_iou: float = JOIN_IOU
-) -> dict[int, int]:
+def match_overlap(before: Iterable[dict[str, Any]], after: Iterable[dict[str, Any]],
+                  min_iou: float = JOIN_IOU) -> dict[int, int]:
     """Track ids of ``after`` (warm-up frames of range k) -> ids of ``before`` (range k-1's frames), one to one.
 
     Faces of the same frame with IoU >= ``min_iou`` vote for their pair; pairs are
@@ -108,16 +88,9 @@ def match_overlap(
         prev = by_frame.get(f["frame"])
         if not prev or not f["faces"]:
             continue
-        pairs = sorted(
-            (
-                (iou(np.asarray(a["box"], np.float32), np.asarray(b["box"], np.float32)), a["track_id"], b["track_id"])
-                for a in prev
-                for b in f["faces"]
-            ),
-            reverse=True,
-        )
-        used_a: set[int] = set()
-        used_b: set[int] = set()
+        pairs = sorted(((iou(np.float32(a["box"]), np.float32(b["box"])), a["track_id"], b["track_id"])
+                        for a in prev for b in f["faces"]), reverse=True)
+        used_a, used_b = set(), set()
         for score, a, b in pairs:
             if score < min_iou:
                 break
@@ -160,12 +133,8 @@ def _merge_identity(pieces: list[dict[str, Any]], decide: DecideFn | None) -> tu
     return name, float(sim), True
 
 
-def join_chunks(
-    results: list[dict[str, Any]],
-    decide: DecideFn | None = None,
-    *,
-    save_unknown_crops: bool = False,
-) -> dict[str, Any]:
+def join_chunks(results: list[dict[str, Any]], decide: DecideFn | None = None, *,
+                save_unknown_crops: bool = False) -> dict[str, Any]:
     """One video's result from its ranges' results (in order): frames, tracks, crops to copy, counters.
 
     ``decide(embeddings) -> (name, similarity)`` re-decides a joined track whose
@@ -173,33 +142,20 @@ def join_chunks(
     such tracks stay as the earliest named piece had them, or ``unknown``.
     Returns ``{"frames", "tracks", "crops": [(chunk index, file, destination)], "summary"}``.
     """
-    final: dict[tuple[int, int], int] = {}
-    next_id = 1
+    final: dict[tuple[int, int], int] = {}  # (range, its track id) -> id in the video
     groups: dict[int, list[tuple[int, dict[str, Any]]]] = {}
     joins = 0
     for k, res in enumerate(results):
         match = match_overlap(results[k - 1]["frames"], res["overlap"]) if k > 0 else {}
         for t in sorted(res["tracks"], key=lambda t: (t["first_frame"], t["track_id"])):
-            tid = t["track_id"]
-            prev = match.get(tid)
-            if prev is not None and (k - 1, prev) in final:
-                fid = final[(k - 1, prev)]
-                joins += 1
-            else:
-                fid = next_id
-                next_id += 1
-            final[(k, tid)] = fid
+            fid = final.get((k - 1, match.get(t["track_id"])))  # the earlier range's track this one continues
+            joins += fid is not None
+            final[(k, t["track_id"])] = fid = fid or len(groups) + 1  # or the next free id
             groups.setdefault(fid, []).append((k, t))
 
-    identity: dict[int, tuple[str, float, bool]] = {
-        fid: _merge_identity([t for _, t in pieces], decide) for fid, pieces in groups.items()
-    }
-    renamed: set[tuple[int, int]] = set()
-    for fid, pieces in groups.items():
-        name = identity[fid][0]
-        for k, t in pieces:
-            if t["name"] != name:
-                renamed.add((k, t["track_id"]))
+    identity = {fid: _merge_identity([t for _, t in pieces], decide) for fid, pieces in groups.items()}
+    renamed = {(k, t["track_id"]) for fid, pieces in groups.items() for k, t in pieces
+               if t["name"] != identity[fid][0]}
 
     frames: list[dict[str, Any]] = []
     seen: dict[int, list[int]] = {}
@@ -233,10 +189,8 @@ def join_chunks(
             history.extend(t.get("names") or [])
             if (k, t["track_id"]) in renamed:
                 reason = "joined across chunks" + (" (decided on all pieces)" if redecided else "")
-                history.append(
-                    {"frame": max(results[k]["start"], t["first_frame"]), "name": name,
-                     "similarity": round(sim, 4), "reason": reason}
-                )
+                history.append({"frame": max(results[k]["start"], t["first_frame"]), "name": name,
+                                "similarity": round(sim, 4), "reason": reason})
         history.sort(key=lambda h: h["frame"])
         compact: list[dict[str, Any]] = []
         for h in history:

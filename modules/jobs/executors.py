@@ -1,19 +1,8 @@
-"""Who runs the tasks of video jobs: a pool of threads in this process, or RQ workers on Redis.
+"""Who runs the tasks of video jobs: a pool of threads in this process, or RQ workers on Redis (docs/queue.md).
 
-Both take a job's whole plan (:func:`modules.jobs.tasks.plan`) at once and start a
-stage when every task of the one before has ended:
-
-* :class:`InProcessExecutor`: ``workers`` daemon threads inside the API process (the
-  embedded default; nothing else to start); ``workers=0`` runs everything at once in
-  the calling thread (:func:`modules.jobs.manager.run_job`);
-* :class:`RedisQueueExecutor`: every task is an RQ job, each stage ``depends_on`` the
-  one before, so RQ itself orders them.  Workers are ``python -m modules.worker``
-  processes on any number of machines, each an RQ ``SimpleWorker`` (tasks run in the
-  worker process, so models load once).  While a task runs its worker renews the
-  task's entry in RQ's ``StartedJobRegistry`` every ``heartbeat_ttl / 3`` seconds; a
-  worker killed mid-task stops doing so, the entry expires after ``heartbeat_ttl`` and
-  the next registry cleanup (every ``cleanup_interval`` seconds, by any worker or API
-  server) hands the task to RQ's ``Retry`` or, with no retries left, fails the job.
+Both take a job's whole plan (:func:`modules.jobs.tasks.plan`) at once and start a stage when every task of the
+one before has ended.  An RQ worker renews its task's ``StartedJobRegistry`` entry every ``heartbeat_ttl / 3`` s;
+once a killed worker's entry expires, the next registry cleanup retries the task or fails the job.
 """
 
 from __future__ import annotations
@@ -46,8 +35,6 @@ log = logging.getLogger("facerec.jobs.executors")
 
 _DEFAULTS = QueueSettings.model_fields  # one place for the defaults: the settings tree
 QUEUE_NAME: str = _DEFAULTS["name"].default
-DEFAULT_RETRIES: int = _DEFAULTS["retries"].default
-DEFAULT_TASK_TIMEOUT: int = _DEFAULTS["task_timeout"].default
 DEFAULT_HEARTBEAT_TTL: int = _DEFAULTS["heartbeat_ttl"].default
 DEFAULT_CLEANUP_INTERVAL: float = _DEFAULTS["cleanup_interval"].default
 LIVE_RQ_STATES = ("queued", "started", "deferred", "scheduled")
@@ -164,32 +151,20 @@ class RedisQueueExecutor:
     kind = "queue"
     parallelism = 1 << 20  # unknown: workers come and go; plan chunks by length alone
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        queue_name: str = QUEUE_NAME,
-        retries: int = DEFAULT_RETRIES,
-        task_timeout: int = DEFAULT_TASK_TIMEOUT,
-        cleanup_interval: float = DEFAULT_CLEANUP_INTERVAL,
-        lost_after: float = 300.0,
-    ):
+    def __init__(self, url: str, queue: QueueSettings | None = None, *, lost_after: float = 300.0, **overrides: Any):
+        """``queue``: the settings (default: their defaults, not the environment's); ``overrides``: some of them."""
+        q = (queue or QueueSettings.model_construct()).model_copy(update=overrides)
         self.url = url
         self.redis = redis_connection(url)
-        self.queue = Queue(queue_name, connection=self.redis)
-        self.retries = max(0, int(retries))
-        self.task_timeout = max(1, int(task_timeout))
-        self.cleanup_interval = float(cleanup_interval)
+        self.queue = Queue(q.name, connection=self.redis)
+        self.retries = max(0, int(q.retries))
+        self.task_timeout = max(1, int(q.task_timeout))
+        self.cleanup_interval = float(q.cleanup_interval)
         self.lost_after = float(lost_after)
         self.ctx: TaskContext | None = None
 
     def __repr__(self) -> str:
         return f"RedisQueueExecutor({safe_url(self.url)!r}, queue={self.queue.name!r})"
-
-    @classmethod
-    def from_settings(cls, url: str, queue: QueueSettings) -> RedisQueueExecutor:
-        return cls(url, queue_name=queue.name, retries=queue.retries, task_timeout=queue.task_timeout,
-                   cleanup_interval=queue.cleanup_interval)
 
     def start(self, ctx: TaskContext) -> None:
         self.ctx = ctx

@@ -1,28 +1,10 @@
 """Video jobs for the HTTP service: upload, queue, run (here or on workers), watch, cancel, survive restarts.
 
-:class:`JobManager` is what the API talks to, whatever runs the jobs:
-
-* state, progress, chunks, per-frame results and per-track summaries are in a
-  job store (:mod:`modules.storage.jobs`: ``<data_dir>/jobs.db`` or the
-  PostgreSQL database of the gallery), so any API server answers for any job;
-* the uploaded video, the annotated video, crops and the live frame are files
-  under the storage folder (``<storage_dir>/<job_id>/``; default
-  ``<data_dir>/jobs``), shared between machines by e.g. NFS when workers run
-  elsewhere;
-* the tasks (:mod:`modules.jobs.tasks`) run on an executor
-  (:mod:`modules.jobs.executors`): an :class:`~modules.jobs.executors.InProcessExecutor`
-  (``max_running`` threads in this process, the default) or a
-  :class:`~modules.jobs.executors.RedisQueueExecutor` (RQ workers, ``queue_url``).
-
-Limits on upload size, frames, duration and pixels are checked before a job is
-queued (``max_running + max_queued`` active jobs per process in-process,
-``max_active`` in all with a queue; 503 beyond).  Cancellation is a flag in the
-store that the running task reads twice a second.  A job whose
-in-process executor died (the server was killed or restarted) is marked
-``failed`` ("server restarted") at the next start, or by any other server once
-its heartbeat is ``stale_after`` seconds old; what it had finished is kept.
-Job folders of earlier versions (``job.json`` files) are imported into the
-store at start-up.  Job ids are UUID4 strings, validated before any path is built.
+:class:`JobManager` is what the API talks to, whatever runs the jobs.  State and results are in the job store
+(:mod:`modules.storage.jobs`), files under ``<storage_dir>/<job_id>/`` (where lives what: docs/queue.md), so any
+API server answers for any job.  Limits are checked before a job is queued (503 past ``max_running + max_queued``
+active jobs per process in-process, ``max_active`` in all with a queue).  Job ids are UUID4 strings, validated
+before any path is built.
 """
 
 from __future__ import annotations
@@ -65,7 +47,6 @@ from .tasks import TaskContext, fail_job, plan
 
 log = logging.getLogger("facerec.jobs")
 
-STATUSES = ("queued", "running", "done", "failed", "cancelled")
 PRIVATE = {  # state that stays inside: the public status has the rest
     "gallery_location", "input", "stream_token", "video_config", "max_frames", "owner", "heartbeat", "cancel",
     "phase", "overlap_frames", "result_dir", "pending_summary",
@@ -84,21 +65,11 @@ class JobManager:
     """Accepts, tracks and serves video jobs; the executor runs them, the store holds them."""
 
     def __init__(
-        self,
-        jobs_dir: str | Path,
-        recognizer: Any,
-        *,
-        limits: JobLimits | None = None,
-        video_config: VideoConfig | None = None,
-        config_name: str | None = None,
-        gallery_location: str | Path | None = None,
-        executor: Any = None,
-        store: JobStore | None = None,
-        queue_url: str | None = None,
-        queue: QueueSettings | None = None,
-        chunking: ChunkPolicy | None = None,
-        stale_after: float = 30.0,
-        own_store: bool | None = None,
+        self, jobs_dir: str | Path, recognizer: Any, *, limits: JobLimits | None = None,
+        video_config: VideoConfig | None = None, config_name: str | None = None,
+        gallery_location: str | Path | None = None, executor: Any = None, store: JobStore | None = None,
+        queue_url: str | None = None, queue: QueueSettings | None = None, chunking: ChunkPolicy | None = None,
+        stale_after: float = 30.0, own_store: bool | None = None,
     ):
         self.dir = Path(jobs_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -109,12 +80,9 @@ class JobManager:
         self.gallery_location = str(gallery_location) if gallery_location is not None else None
         self.store = store if store is not None else open_job_store(self.dir / "jobs.db")
         self._own_store = (store is None) if own_store is None else own_store
-        if executor is None:
-            if queue_url:
-                executor = RedisQueueExecutor.from_settings(queue_url, queue or QueueSettings())
-            else:
-                executor = InProcessExecutor(self.limits.max_running)
-        self.executor = executor
+        if executor is None and queue_url:
+            executor = RedisQueueExecutor(queue_url, queue or QueueSettings())
+        self.executor = executor or InProcessExecutor(self.limits.max_running)
         self.chunking = chunking or ChunkPolicy()
         self.stale_after = float(stale_after)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -131,9 +99,6 @@ class JobManager:
         return getattr(self.executor, "kind", "") == "inprocess"
 
     # --- paths and state ---------------------------------------------------------------------------------------
-    def job_dir(self, job_id: str) -> Path:
-        return self.dir / validate_job_id(job_id)
-
     def _state(self, job_id: str) -> dict[str, Any]:
         return self.store.get(validate_job_id(job_id))
 
@@ -154,18 +119,16 @@ class JobManager:
         return [self._public(s) for s in self.store.list()]
 
     def _result_path(self, state: dict[str, Any], rel: str) -> Path:
-        base = self.dir / state["job_id"]
-        sub = state.get("result_dir")
-        return (base / sub / rel) if sub else (base / rel)
+        return self.dir / state["job_id"] / (state.get("result_dir") or "") / rel
 
     # --- recovery ----------------------------------------------------------------------------------------------
     def recover(self) -> int:
         """Import job folders of earlier versions; mark jobs of dead in-process executors failed."""
         n = import_job_folders(self.store, self.dir)
         for job in self.store.active():
-            if job.get("executor", "inprocess") == "inprocess" and job.get("owner") != self.owner:
-                if owner_dead(job, self.stale_after) and fail_job(self.store, job["job_id"], RESTARTED) is not None:
-                    n += 1
+            orphan = job.get("executor", "inprocess") == "inprocess" and job.get("owner") != self.owner
+            if orphan and owner_dead(job, self.stale_after) and fail_job(self.store, job["job_id"], RESTARTED):
+                n += 1
         if n:
             log.warning("marked %d unfinished video job(s) as failed after a restart", n)
         return n
@@ -180,9 +143,6 @@ class JobManager:
             except Exception:
                 log.exception("video job maintenance")
 
-    def _count_active(self) -> int:
-        return self.store.count_active(owner=self.owner if self.in_process else None)
-
     def _prune(self) -> None:
         done = [s for s in self.store.list() if s.get("status") not in ACTIVE]
         for s in done[: max(0, len(done) - self.limits.max_kept)]:
@@ -190,13 +150,8 @@ class JobManager:
             shutil.rmtree(self.dir / s["job_id"], ignore_errors=True)
 
     # --- submit --------------------------------------------------------------------------------------------------
-    def submit(
-        self,
-        data: bytes | IO[bytes] | str | Path,
-        filename: str | None = None,
-        gallery: str = "default",
-        video_settings: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    def submit(self, data: bytes | IO[bytes] | str | Path, filename: str | None = None, gallery: str = "default",
+               video_settings: dict[str, Any] | None = None) -> dict[str, Any]:
         """Store the upload, check it, queue it: the job's state (``status`` ``queued``).
 
         :class:`ImageTooLargeError` (413) past the size/frames/duration/pixel limits,
@@ -210,13 +165,12 @@ class JobManager:
         except ConfigError as exc:
             raise InvalidRequestError(exc.message) from None
         limit = (self.limits.max_running + self.limits.max_queued) if self.in_process else self.limits.max_active
-        if self._count_active() >= limit:
+        if self.store.count_active(owner=self.owner if self.in_process else None) >= limit:
             raise ServiceUnavailableError(f"too many video jobs are queued or running (limit {limit}); retry later")
         suffix = Path(filename or "").suffix.lower()
         if suffix and suffix not in VIDEO_SUFFIXES:
-            raise UnsupportedMediaError(
-                f"{suffix!r} is not a supported video type; use one of {', '.join(sorted(VIDEO_SUFFIXES))}"
-            )
+            raise UnsupportedMediaError(f"{suffix!r} is not a supported video type;"
+                                        f" use one of {', '.join(sorted(VIDEO_SUFFIXES))}")
         job_id = str(uuid.uuid4())
         d = self.dir / job_id
         d.mkdir(parents=True)
@@ -291,14 +245,12 @@ class JobManager:
             state = tx.job(job_id, lock=True)
             if state is None:
                 raise JobNotFoundError("no such video job")
-            if state["status"] in ACTIVE:
+            cancelled = state["status"] in ACTIVE
+            if cancelled:
                 changes: dict[str, Any] = {"cancel": True}
                 if state["status"] == "queued":  # no task has started: nothing to wait for
                     changes.update(status="cancelled", finished_at=now_iso())
                 state = tx.put_job({**state, **changes})
-                cancelled = True
-            else:
-                cancelled = False
         if cancelled:
             with contextlib.suppress(Exception):
                 self.executor.cancel(job_id, int(state.get("chunks") or 1))
@@ -310,9 +262,7 @@ class JobManager:
         return self._public(state)
 
     # --- results ---------------------------------------------------------------------------------------------------
-    def frames(
-        self, job_id: str, offset: int = 0, limit: int | None = None
-    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def frames(self, job_id: str, offset: int = 0, limit: int | None = None) -> tuple[list[dict], dict[str, Any]]:
         """Per-frame results committed so far (all of them once ``done``) and the job's state."""
         state = self._state(job_id)
         return self.store.frames(state["job_id"], offset, limit), self._public(state)
@@ -334,8 +284,7 @@ class JobManager:
     def crop_path(self, job_id: str, rel: str) -> Path:
         state = self._state(job_id)
         tracks, _ = self.tracks(job_id)
-        allowed = {t.get("best_crop") for t in tracks if t.get("best_crop")}
-        if rel not in allowed:
+        if rel not in {t["best_crop"] for t in tracks if t.get("best_crop")}:
             raise NotFoundError("no such crop")
         return self._result_path(state, rel)
 

@@ -1,12 +1,7 @@
 """After a restart: jobs whose in-process executor died, and job folders written by earlier versions.
 
-A job run in-process belongs to its server process (``owner`` = ``host:pid:nonce``, a
-heartbeat every few seconds).  When that process is gone (same host, no such pid) or its
-heartbeat is ``stale_after`` seconds old, the job is marked failed ("server restarted")
-by the next server to start or by any other server sharing the store; finished results are kept.
-
-Earlier versions kept each job in a folder (``job.json``, ``frames.jsonl``,
-``tracks.json``); :func:`import_job_folders` moves them into the store once.
+A job run in-process belongs to its server process (``owner`` = ``host:pid:nonce``, a heartbeat every few seconds).
+Earlier versions kept each job in a folder (``job.json``, ``frames.jsonl``, ``tracks.json``).
 """
 
 from __future__ import annotations
@@ -37,15 +32,6 @@ def validate_job_id(job_id: Any) -> str:
     raise JobNotFoundError("no such video job")
 
 
-def read_state(job_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((Path(job_dir) / STATE_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise JobNotFoundError("no such video job") from None
-    except (OSError, ValueError) as exc:
-        raise JobNotFoundError(f"the video job's state is unreadable: {exc}") from None
-
-
 def write_state(job_dir: Path, state: dict[str, Any]) -> None:
     """A ``job.json`` as earlier versions wrote it (imported into the store at the next start)."""
     tmp = Path(job_dir) / f".{STATE_FILE}.{threading.get_ident()}.tmp"
@@ -59,8 +45,8 @@ def import_job_folders(store: JobStore, jobs_dir: Path) -> int:
     for d in jobs_dir.iterdir():
         try:
             job_id = validate_job_id(d.name)
-            state = read_state(d)
-        except JobNotFoundError:
+            state = json.loads((d / STATE_FILE).read_text(encoding="utf-8"))
+        except (JobNotFoundError, OSError, ValueError):  # not a job folder, or its state is unreadable
             continue
         state.update(job_id=job_id, executor="inprocess", owner=None, phase="final", result_dir="")
         state.setdefault("created_at", now_iso())
@@ -84,25 +70,18 @@ def import_job_folders(store: JobStore, jobs_dir: Path) -> int:
     return failed
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # pragma: no cover - someone else's process
-        return True
-    return True
-
-
 def owner_dead(job: dict[str, Any], stale_after: float) -> bool:
     """Whether the in-process executor that owns ``job`` is gone (no such process here, or no heartbeat)."""
     owner = str(job.get("owner") or "")
     parts = owner.split(":")
     if not owner:
         return True
-    if len(parts) == 3 and parts[0] == socket.gethostname() and parts[1].isdigit():
-        pid = int(parts[1])
-        if pid != os.getpid() and not _pid_alive(pid):
+    if len(parts) == 3 and parts[0] == socket.gethostname() and parts[1].isdigit() and int(parts[1]) != os.getpid():
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
             return True
+        except PermissionError:  # pragma: no cover - someone else's process: alive
+            pass
     beat = job.get("heartbeat")
     return beat is None or time.time() - float(beat) > stale_after

@@ -1,9 +1,7 @@
 """MJPEG of a video job for an ``<img>`` tag: the live frame while it runs, then the annotated video.
 
-The task running the job (in this process or on any worker) writes its latest annotated
-frame, JPEG-encoded once, to ``<job folder>/live.jpg`` a few times a second
-(:mod:`modules.jobs.tasks`); every API server streams that file, so a viewer may
-follow a job on any server.
+The task running the job (anywhere) writes its latest annotated frame to ``<job folder>/live.jpg`` a few times a
+second; every API server streams that file, so a viewer may follow a job on any server.
 """
 
 from __future__ import annotations

@@ -1,23 +1,9 @@
-"""The tasks of a video job and the plan that orders them.
+"""The tasks of a video job and the plan that orders them (stages: see docs/queue.md).
 
-A job is a **plan**: stages of tasks, each task a call ``execute(ctx, job_id, kind,
-idx)`` that reads and writes only the job store and the storage folder.  The tasks of
-a stage may run at once on any workers; a stage starts when every task of the one
-before it has ended (the executor orders them: RQ's ``depends_on``, or the in-process
-pool, :mod:`modules.jobs.executors`).
-
-* one chunk: ``analyze`` 0 runs the whole video through
-  :func:`~modules.video.process.process_video`, per-frame results committed as they come;
-* several: ``analyze`` *i* per range (:func:`~modules.video.ranges.analyze_range`, its
-  result stored in the chunk row), then ``join`` (:func:`~modules.jobs.chunks.join_chunks`;
-  frames and tracks committed), then, when the video is written, ``render`` *i* per range
-  and ``finish`` (the segments concatenated, the job ``done``).
-
-Every write first checks that the job is still where the task thinks it is (status,
-phase) and that the task's chunk attempt is still the current one (a fencing token), in
-the same transaction: a task that was given up on (its worker stopped sending heartbeats)
-can never overwrite the work of the retry that replaced it, and results are committed
-wholly or not at all.
+A task is a call ``execute(ctx, job_id, kind, idx)`` that reads and writes only the job store and the storage
+folder.  Every write first checks, in the same transaction, that the job is still where the task thinks it is
+(status, phase) and that the task's chunk attempt is still the current one (a fencing token): a task that was
+given up on can never overwrite the work of the retry that replaced it.
 """
 
 from __future__ import annotations

@@ -1,32 +1,22 @@
-"""A video worker: runs the tasks of video jobs queued on Redis by the API servers.
+"""A video worker: runs the tasks of video jobs queued on Redis by the API servers (docs/queue.md).
 
     python -m modules.worker --queue-url redis://host:6379/0 [--data-dir ./data] [--database-url postgresql://...]
                              [--storage-dir /mnt/facerec/jobs] [--config configs/sface.yaml] [--burst]
 
-Start any number, on any machines that reach the Redis server, the job database
-and the storage folder (configured once: the same ``--database-url`` and a
-shared ``--storage-dir`` as the API servers).  Each worker is one process that
-loads the models once and runs one task at a time (start one per core or two);
-it is an RQ ``SimpleWorker`` (:class:`modules.jobs.executors.VideoWorker`).
-
-* the job database: ``--database-url`` (or ``DATABASE_URL``) when it is
-  PostgreSQL, else ``<data-dir>/jobs.db`` (workers on the API's machine);
-* the gallery: ``--database-url`` / ``DATABASE_URL``, else ``<data-dir>/gallery.db``;
-* ``--queue-url`` falls back to ``QUEUE_URL`` (and ``FACEREC_QUEUE_URL``).
-
-A worker killed mid-task (SIGKILL, power loss) stops renewing its task's
-heartbeat; after ``--heartbeat-ttl`` seconds the task is given to another worker
-(``Retry``, as many times as the API allowed) or, with no retries left, the job
-fails.  SIGTERM / Ctrl-C finishes the current task first (a second one stops at once).
+Start any number, on machines that reach Redis, the job database and the storage folder (the same
+``--database-url`` and a shared ``--storage-dir`` as the API servers).  Each is one process, an RQ ``SimpleWorker``
+that loads the models once and runs one task at a time.  SIGTERM / Ctrl-C finishes the current task first.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigError, FaceRecError
@@ -64,24 +54,13 @@ def worker_settings(args: argparse.Namespace) -> Settings:
     return settings.replace(queue=settings.queue.model_copy(update={k: v for k, v in queue.items() if v is not None}))
 
 
-class _Models:
-    """One recognizer per embedder config, loaded on first use and kept (one gallery connection)."""
+def recognizers(gallery: Any, preload: str | None) -> Callable[[str | None], Any]:
+    """One recognizer per embedder config (None: ``preload``, loaded now), others on first use; all kept."""
+    from ..recognizer import FaceRecognizer
 
-    def __init__(self, gallery: Any, preload: str | None):
-        self.gallery = gallery
-        self._by_config: dict[str | None, Any] = {}
-        self._lock = threading.Lock()
-        self.default = self.get(preload)
-        self._by_config[None] = self.default
-
-    def get(self, name: str | None) -> Any:
-        with self._lock:
-            rec = self._by_config.get(name)
-            if rec is None:
-                from ..recognizer import FaceRecognizer
-
-                rec = self._by_config[name] = FaceRecognizer(name, self.gallery)
-            return rec
+    load = functools.cache(lambda name: FaceRecognizer(name, gallery))  # a worker runs one task at a time
+    load(preload)
+    return lambda name: load(name or preload)
 
 
 def build_worker(args: argparse.Namespace) -> Any:
@@ -97,11 +76,11 @@ def build_worker(args: argparse.Namespace) -> Any:
     storage.mkdir(parents=True, exist_ok=True)
     store = open_job_store(settings.jobs_database)
     gallery = open_gallery(settings.gallery_location)
-    models = _Models(gallery, settings.config)
     queue = settings.queue
-    executor = RedisQueueExecutor.from_settings(settings.queue_url, queue)
+    executor = RedisQueueExecutor(settings.queue_url, queue)
     name = args.name or worker_name()
-    ctx = TaskContext(store=store, storage_dir=storage, recognizer_for=models.get, worker=name)
+    ctx = TaskContext(store=store, storage_dir=storage, recognizer_for=recognizers(gallery, settings.config),
+                      worker=name)
     executor.ctx = ctx
     worker = VideoWorker(
         [executor.queue],

@@ -1,8 +1,7 @@
-"""``test_frame.py``'s work: run the video pipeline on a file or a camera with a progress bar.
+"""``test_frame.py``'s work: the video pipeline on a file or a camera with a progress bar.
 
-Ctrl-C stops cleanly (the results so far are kept); a second Ctrl-C aborts.  The script
-passes in what it shares with ``test_img.py`` (:mod:`modules.batch`): opening the
-recognizer and gallery, loading attribute models, printing the summary.
+Ctrl-C stops cleanly (the results so far are kept); a second Ctrl-C aborts.  The script passes in what it shares
+with ``test_img.py`` (:mod:`modules.batch`).
 """
 from __future__ import annotations
 

@@ -1,27 +1,11 @@
 """Who a track is: decided from its first good frames, re-checked now and then, never flipped lightly.
 
-Life of a track's identity:
-
-* **pending**: the first ``recognize_frames`` good faces (big enough, confident
-  detection, optionally frontal enough) are embedded.  Faces too small are
-  tracked but never recognized, so a track of only small faces stays
-  ``unknown``.
-* **decided**: by ``mean`` (the normalised mean embedding is identified once)
-  or ``vote`` (each sample is identified and the majority name wins, if it
-  holds ``vote_min_share`` of the samples).  A name is given when its
-  similarity clears the embedder's open-set threshold for the gallery size;
-  a track decided on at least ``recognize_frames`` samples may also be named
-  up to ``relaxed_delta`` below it when the best name beats the runner-up by
-  ``relaxed_margin`` (several frames agreeing on one clear winner is more
-  evidence than one photo; a track that ended early gets the plain threshold).
-* **re-checks**: every ``recheck_every`` frames one more good face is
-  embedded.  An ``unknown`` track is re-decided on its last
-  ``recheck_window`` samples and may become known.  A named track changes
-  only after ``switch_after`` consecutive re-checks contradict it: another
-  name beating the current one by ``switch_margin``, or the current name's
-  similarity falling ``drop_delta`` below the threshold.  If every
-  contradiction named the same person the track takes that name, otherwise
-  it becomes ``unknown``.  One bad frame never renames a track.
+A track is **pending** until ``recognize_frames`` good faces (see :meth:`IdentityBook.good`) are embedded, then
+**decided** by ``mean`` or ``vote`` (:meth:`Judge.decide`).  Faces too small are tracked but never recognized.  A
+decision on at least ``recognize_frames`` samples may use the relaxed threshold (several frames agreeing on one
+clear winner is more evidence than one photo).  **Re-checks** every ``recheck_every`` frames: an ``unknown`` track
+may become known; a named one changes only after ``switch_after`` consecutive contradicting re-checks (to the
+contradicting name if they all agree, else ``unknown``), so one bad frame never renames a track.
 """
 
 from __future__ import annotations
@@ -112,10 +96,8 @@ class Judge:
         return Decision(UNKNOWN, best.similarity, best.candidates, self.threshold)
 
     def similarity_to(self, cands: list[Candidate], name: str) -> float:
-        for c in cands:
-            if c.person == name:
-                return float(c.similarity)
-        return float(cands[-1].similarity) if cands else -1.0  # below every listed candidate
+        below = float(cands[-1].similarity) if cands else -1.0  # not listed: below every listed candidate
+        return next((float(c.similarity) for c in cands if c.person == name), below)
 
 
 @dataclass(eq=False)  # identity, not field-wise equality (it holds arrays)
@@ -148,18 +130,10 @@ class TrackIdentity:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "track_id": self.track_id,
-            "name": self.name,
-            "similarity": round(float(self.similarity), 4),
-            "first_frame": self.first_frame,
-            "last_frame": self.last_frame,
-            "frames": self.detections,
-            "decided": self.decided,
-            "samples": self.recognized_samples,
-            "best_crop": self.crop_path,
-            "best_frame": self.best_frame,
-            "best_box": self.best_box,
-            "names": self.history,
+            "track_id": self.track_id, "name": self.name, "similarity": round(float(self.similarity), 4),
+            "first_frame": self.first_frame, "last_frame": self.last_frame, "frames": self.detections,
+            "decided": self.decided, "samples": self.recognized_samples, "best_crop": self.crop_path,
+            "best_frame": self.best_frame, "best_box": self.best_box, "names": self.history,
         }
         if self.attributes:
             out["attributes"] = self.attributes
@@ -190,11 +164,7 @@ class IdentityBook:
         return c.max_pose is None or face_pose(face) <= c.max_pose
 
     def wants(self, track: TrackIdentity, face: Face, frame: int) -> bool:
-        if not self.good(face):
-            return False
-        if not track.decided:
-            return True
-        return frame - track.last_sample_frame >= self.config.recheck_every
+        return self.good(face) and (not track.decided or frame - track.last_sample_frame >= self.config.recheck_every)
 
     # --- evidence ------------------------------------------------------------------------------------
     def add(self, track: TrackIdentity, embedding: np.ndarray, frame: int) -> None:
@@ -287,11 +257,8 @@ class IdentityBook:
 
 def aggregate_attributes(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-track attributes: the median of numbers, the most common of labels, recursively in dicts."""
-    keys: list[str] = []
-    for s in samples:
-        keys.extend(k for k in s if k not in keys)
     out: dict[str, Any] = {}
-    for k in keys:
+    for k in dict.fromkeys(k for s in samples for k in s):
         values = [s[k] for s in samples if k in s and s[k] is not None]
         if not values:
             continue

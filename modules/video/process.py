@@ -1,17 +1,8 @@
 """A video file or a camera through the frame processor, results written to a folder.
 
-    from modules.video import process_video, VideoConfig
-    summary = process_video("clip.mp4", "out/", recognizer, gallery="default")
-
-writes
-
-* ``frames.jsonl``: one line per frame, ``{"frame", "time_s", "faces":
-  [{"track_id", "box", "name", "similarity"}]}``;
-* ``tracks.json``: per track its name, first and last frame, the frames it
-  was seen in, its best crop and the history of its name;
-* ``annotated.mp4``: the frames with boxes and names;
-* ``<name>/track_<id>.jpg``: the best crop of every named track;
-* ``summary.json``: what :func:`process_video` returns.
+``frames.jsonl`` (one line per frame: ``{"frame", "time_s", "faces": [{"track_id", "box", "name",
+"similarity"}]}``), ``tracks.json`` (per track: name, first and last frame, best crop, name history),
+``annotated.mp4``, ``<name>/track_<id>.jpg`` (best crops) and ``summary.json`` (what :func:`process_video` returns).
 """
 
 from __future__ import annotations
@@ -28,7 +19,7 @@ from typing import Any
 
 import cv2
 
-from ..errors import BadImageError, ImageTooLargeError, InvalidRequestError
+from ..errors import ImageTooLargeError, InvalidRequestError
 from ..face import UNKNOWN
 from .config import VideoConfig
 from .identity import TrackIdentity
@@ -62,14 +53,9 @@ def crop_file(name: str, track_id: int) -> str:
 
 def people_summary(tracks: Iterable[dict[str, Any]], frames_by_name: dict[str, int]) -> dict[str, Any]:
     """``{name: {"tracks", "frames"}}`` of the named people (``tracks``: per-track dicts)."""
-    people: dict[str, dict[str, int]] = {}
-    for t in tracks:
-        if t["name"] != UNKNOWN:
-            people.setdefault(t["name"], {"tracks": 0, "frames": 0})["tracks"] += 1
-    for name, n in frames_by_name.items():
-        if name != UNKNOWN:
-            people.setdefault(name, {"tracks": 0, "frames": 0})["frames"] = n
-    return dict(sorted(people.items()))
+    track_counts = Counter(t["name"] for t in tracks)
+    names = sorted((set(track_counts) | set(frames_by_name)) - {UNKNOWN})
+    return {n: {"tracks": track_counts[n], "frames": frames_by_name.get(n, 0)} for n in names}
 
 
 class _Outputs(Hooks):
@@ -121,44 +107,20 @@ class _Outputs(Hooks):
             self.video.close()
 
 
-def _open(source: str | int | Path, window: str | None) -> tuple[Any, VideoInfo]:
-    cap, info = open_capture(source)
+def _open_window(window: str) -> None:
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise InvalidRequestError("cannot show the video: no display (DISPLAY is not set); run without --show")
     try:
-        if info.width <= 0 or info.height <= 0:
-            ok, first = cap.read()
-            if not ok:
-                raise BadImageError(f"cannot read a frame from {source}")
-            info = VideoInfo(first.shape[1], first.shape[0], info.fps, info.frames, info.live)
-            if not info.live:
-                cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-        if window is not None:
-            if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-                raise InvalidRequestError("cannot show the video: no display (DISPLAY is not set); run without --show")
-            try:
-                cv2.namedWindow(window, cv2.WINDOW_NORMAL)
-            except cv2.error as exc:
-                raise InvalidRequestError(f"cannot open a window to show the video: {exc}") from None
-    except BaseException:
-        cap.release()
-        raise
-    return cap, info
+        cv2.namedWindow(window, cv2.WINDOW_NORMAL)
+    except cv2.error as exc:
+        raise InvalidRequestError(f"cannot open a window to show the video: {exc}") from None
 
 
 def process_video(
-    source: str | int | Path,
-    out_dir: str | Path,
-    recognizer: Any,
-    gallery: str = "default",
-    config: VideoConfig | None = None,
-    *,
-    progress: ProgressFn | None = None,
-    hooks: Iterable[Hooks] = (),
-    stop: threading.Event | None = None,
-    show: bool = False,
-    max_frames: int | None = None,
-    attributes: Any = None,
-    analyzer: Any = None,
-    detector: Any = None,
+    source: str | int | Path, out_dir: str | Path, recognizer: Any, gallery: str = "default",
+    config: VideoConfig | None = None, *, progress: ProgressFn | None = None, hooks: Iterable[Hooks] = (),
+    stop: threading.Event | None = None, show: bool = False, max_frames: int | None = None, attributes: Any = None,
+    analyzer: Any = None, detector: Any = None,
 ) -> dict[str, Any]:
     """Run the processor on a file (path) or a camera (int); returns the summary (also ``summary.json``).
 
@@ -171,7 +133,13 @@ def process_video(
     window = "facerec" if show else None
     out = Path(out_dir)
     stop = stop or threading.Event()
-    cap, info = _open(source, window)
+    cap, info = open_capture(source)
+    if window is not None:
+        try:
+            _open_window(window)
+        except BaseException:
+            cap.release()
+            raise
     outputs = _Outputs(out, info, config, window, stop)
     proc = VideoProcessor(recognizer, gallery, config, fps=info.fps, live=info.live, attributes=attributes,
                           analyzer=analyzer, detector=detector, hooks=[outputs, *hooks])
@@ -180,11 +148,9 @@ def process_video(
     n_read = 0
     stopped = False
     error: BaseException | None = None
-    reader = FrameReader(cap, stop=stop)
+    reader = FrameReader(cap, stop=stop, size=(info.width, info.height))
     try:
         for index, frame in reader:
-            if frame.shape[1] != info.width or frame.shape[0] != info.height:
-                frame = cv2.resize(frame, (info.width, info.height), interpolation=cv2.INTER_AREA)
             n_read += 1
             if max_frames is not None and n_read > max_frames:
                 raise ImageTooLargeError(f"the video has more than {max_frames} frames (the limit)")
@@ -211,28 +177,15 @@ def process_video(
     tracks = [t.to_dict() for t in proc.tracks]
     atomic_json(out / TRACKS_FILE, tracks)
     summary = {
-        "source": str(source),
-        "video": info.to_dict(),
-        "frames": n_read,
-        "seconds": round(elapsed, 3),
-        "fps": round(n_read / elapsed, 2) if elapsed > 0 else None,
-        "tracks": len(tracks),
+        "source": str(source), "video": info.to_dict(), "frames": n_read, "seconds": round(elapsed, 3),
+        "fps": round(n_read / elapsed, 2) if elapsed > 0 else None, "tracks": len(tracks),
         "named_tracks": sum(1 for t in tracks if t["name"] != UNKNOWN),
-        "people": people_summary(tracks, outputs.frames_by_name),
-        "name_switches": proc.book.switches,
-        "scene_cuts": proc.stats["scene_cuts"],
-        "embeddings": proc.stats["embeddings"],
-        "stage_seconds": {k: round(v, 3) for k, v in proc.times.items()},
-        "gallery": gallery,
-        **proc.judge.facts(),
-        "decision": config.decision,
-        "stopped": stopped or outputs.stopped,
-        "outputs": {
-            "frames": FRAMES_FILE,
-            "tracks": TRACKS_FILE,
-            "video": VIDEO_FILE if config.write_video else None,
-            "crops": outputs.crops,
-        },
+        "people": people_summary(tracks, outputs.frames_by_name), "name_switches": proc.book.switches,
+        "scene_cuts": proc.stats["scene_cuts"], "embeddings": proc.stats["embeddings"],
+        "stage_seconds": {k: round(v, 3) for k, v in proc.times.items()}, "gallery": gallery,
+        **proc.judge.facts(), "decision": config.decision, "stopped": stopped or outputs.stopped,
+        "outputs": {"frames": FRAMES_FILE, "tracks": TRACKS_FILE, "video": VIDEO_FILE if config.write_video else None,
+                    "crops": outputs.crops},
     }
     if error is not None:
         summary["error"] = getattr(error, "message", str(error))

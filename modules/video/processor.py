@@ -1,24 +1,8 @@
-"""The frame processor: detect, track and name the faces of consecutive frames; results go to hooks.
+"""The frame processor: detect, track and name the faces of consecutive frames; results go to :class:`Hooks`.
 
-    proc = VideoProcessor(recognizer, "default", config, fps=info.fps, hooks=[writer])
-    for index, frame in frames:
-        proc.push(index, frame)
-    proc.finish()
-
-What happens to the results is up to the :class:`Hooks` (after Frigate's real-time
-processors: process a frame, expire an object, end of scene):
-
-* ``on_sample(track, embedding, frame)``: a face of ``track`` was embedded (identity evidence);
-* ``on_frame(result)``: a frame's :class:`FrameResult` is final;
-* ``on_cut(frame)``: a shot cut at ``frame`` ended every track;
-* ``on_track_end(track)``: a track ended and every frame it is in has been emitted
-  (its name and best crop are final).
-
-Frames are held back ``lookahead`` frames (``recognize_frames + min_track_frames``
-detections for files, ``detect_every`` for cameras) so that a track's decision also
-labels the frames it was decided on and the tracker's confirmation frames.  Faces are
-aligned and embedded by the recognizer (``embed_faces``) and identified by it
-(``identify_embeddings``, through :class:`~modules.video.identity.Judge`).
+Frames are held back ``lookahead`` frames (``VideoConfig.lookahead_for``) so that a track's decision also labels
+the frames it was decided on and the tracker's confirmation frames.  Faces are embedded and identified by the
+recognizer (``embed_faces``, ``identify_embeddings`` through :class:`~modules.video.identity.Judge`).
 """
 
 from __future__ import annotations
@@ -43,19 +27,19 @@ log = logging.getLogger("facerec.video")
 
 
 class Hooks:
-    """Callbacks of a :class:`VideoProcessor`; subclass and override what you need."""
+    """Callbacks of a :class:`VideoProcessor` (after Frigate's real-time processors); override what you need."""
 
     def on_sample(self, track: TrackIdentity, embedding: np.ndarray, frame: int) -> None:
-        pass
+        """A face of ``track`` was embedded (identity evidence)."""
 
     def on_frame(self, result: FrameResult) -> None:
-        pass
+        """A frame's result is final."""
 
     def on_cut(self, frame: int) -> None:
-        pass
+        """A shot cut at ``frame`` ended every track."""
 
     def on_track_end(self, track: TrackIdentity) -> None:
-        pass
+        """A track ended and every frame it is in has been emitted (its name and best crop are final)."""
 
 
 @dataclass
@@ -107,19 +91,9 @@ def build_detector(recognizer: Any, config: VideoConfig) -> Any:
 class VideoProcessor:
     """Frame-by-frame core: ``push`` frames in order, then ``finish``; results go to the hooks."""
 
-    def __init__(
-        self,
-        recognizer: Any,
-        gallery: str = "default",
-        config: VideoConfig | None = None,
-        *,
-        fps: float = 30.0,
-        live: bool = False,
-        attributes: Any = None,
-        analyzer: Any = None,
-        detector: Any = None,
-        hooks: Iterable[Hooks] = (),
-    ):
+    def __init__(self, recognizer: Any, gallery: str = "default", config: VideoConfig | None = None, *,
+                 fps: float = 30.0, live: bool = False, attributes: Any = None, analyzer: Any = None,
+                 detector: Any = None, hooks: Iterable[Hooks] = ()):
         self.rec = recognizer
         self.config = config or VideoConfig()
         self.fps = fps
@@ -299,11 +273,8 @@ class VideoProcessor:
                 continue
             name = track.name if track.decided else UNKNOWN
             d: dict[str, Any] = {
-                "track_id": t.track_id,
-                "box": [round(float(v), 1) for v in t.box],
-                "name": name,
-                "similarity": round(float(track.similarity), 4),
-                "state": track.state,
+                "track_id": t.track_id, "box": [round(float(v), 1) for v in t.box], "name": name,
+                "similarity": round(float(track.similarity), 4), "state": track.state,
                 "detected": t.face is not None,  # not extrapolated (internal: not in frames.jsonl)
             }
             if track.attributes:

@@ -1,12 +1,4 @@
-"""Frame ranges of a video: analyse one (for chunked jobs), draw results on one, concatenate segments.
-
-:func:`analyze_range` runs the :class:`~modules.video.processor.VideoProcessor` on frames
-``[start, end)``, started ``overlap`` frames early so that its tracks are warm (confirmed,
-usually named) when the range begins; those warm-up frames are returned apart (what
-ranges are joined on, :mod:`modules.jobs.chunks`).  :func:`render_range` draws final
-results on a range and :func:`concat_videos` joins the segments without re-encoding
-(PyAV remux; OpenCV re-encode when PyAV is not installed).
-"""
+"""Frame ranges of a video (chunked jobs): analyse one, draw final results on one, concatenate the segments."""
 
 from __future__ import annotations
 
@@ -90,45 +82,29 @@ class _RangeHooks(Hooks):
 
 
 def analyze_range(
-    source: str | Path,
-    start: int,
-    end: int | None,
-    overlap: int,
-    recognizer: Any,
-    gallery: str,
-    config: VideoConfig,
-    *,
-    crops_dir: str | Path | None = None,
-    progress: Callable[[int, float], None] | None = None,
-    on_frame: Callable[[FrameResult], None] | None = None,
-    stop: threading.Event | None = None,
+    source: str | Path, start: int, end: int | None, overlap: int, recognizer: Any, gallery: str,
+    config: VideoConfig, *, crops_dir: str | Path | None = None, progress: Callable[[int, float], None] | None = None,
+    on_frame: Callable[[FrameResult], None] | None = None, stop: threading.Event | None = None,
     max_frames: int | None = None,
 ) -> dict[str, Any]:
     """Analyse frames ``[start, end)`` (``end`` None: to the end) after ``overlap`` warm-up frames.
 
-    Returns a JSON-able result: the range's frames (``frames.jsonl`` shape), the
-    warm-up frames (``overlap``), the track pieces with their identity evidence
-    (a few embeddings), quality and crop file, and counters.  ``progress(done, fps)``
-    is called after every frame of the range; ``stop`` ends early (``stopped``).
+    The warm-up makes the range's tracks confirmed (usually named) when it begins; its frames are returned apart
+    (``overlap``: what ranges are joined on, :mod:`modules.jobs.chunks`).  Returns a JSON-able result: the range's
+    frames (``frames.jsonl`` shape), the track pieces with their identity evidence (a few embeddings), quality and
+    crop file, and counters.  ``progress(done, fps)`` after every frame of the range; ``stop`` ends early.
     """
     stop = stop or threading.Event()
     warm = max(0, start - max(0, overlap))
     cap, info = open_capture(source)
-    if warm > 0:
-        cap.set(cv2.CAP_PROP_POS_FRAMES, warm)
     hooks = _RangeHooks(start, config, Path(crops_dir) if crops_dir is not None else None, on_frame)
     proc = VideoProcessor(recognizer, gallery, config, fps=info.fps, live=False, hooks=[hooks])
     meter = RateMeter()
     t0 = time.perf_counter()
     n_core = 0
-    reader = FrameReader(cap, stop=stop)
+    reader = FrameReader(cap, stop=stop, start=warm, end=end, size=(info.width, info.height))
     try:
-        for i, frame in reader:
-            index = warm + i
-            if end is not None and index >= end:
-                break
-            if frame.shape[1] != info.width or frame.shape[0] != info.height:
-                frame = cv2.resize(frame, (info.width, info.height), interpolation=cv2.INTER_AREA)
+        for index, frame in reader:
             proc.push(index, frame)
             if index >= start:
                 n_core += 1
@@ -143,47 +119,26 @@ def analyze_range(
         reader.close()
     proc.finish()
     return {
-        "start": start,
-        "end": start + n_core,
-        "warm": warm,
-        "frames": hooks.frames,
-        "overlap": hooks.warmup,
-        "tracks": [hooks.track(t) for t in proc.tracks],
-        "switches": proc.book.switches,
-        "scene_cuts": hooks.cuts,
-        "embeddings": int(proc.stats["embeddings"]),
-        "seconds": round(time.perf_counter() - t0, 3),
-        "stage_seconds": {k: round(v, 3) for k, v in proc.times.items()},
-        "stopped": stopped,
-        "video": info.to_dict(),
-        **proc.judge.facts(),
+        "start": start, "end": start + n_core, "warm": warm, "frames": hooks.frames, "overlap": hooks.warmup,
+        "tracks": [hooks.track(t) for t in proc.tracks], "switches": proc.book.switches, "scene_cuts": hooks.cuts,
+        "embeddings": int(proc.stats["embeddings"]), "seconds": round(time.perf_counter() - t0, 3),
+        "stage_seconds": {k: round(v, 3) for k, v in proc.times.items()}, "stopped": stopped,
+        "video": info.to_dict(), **proc.judge.facts(),
     }
 
 
 def render_range(
-    source: str | Path,
-    start: int,
-    end: int | None,
-    frames: list[dict[str, Any]],
-    out_path: str | Path,
-    codec: str = "h264",
-    *,
-    stop: threading.Event | None = None,
-    progress: Callable[[int], None] | None = None,
+    source: str | Path, start: int, end: int | None, frames: list[dict[str, Any]], out_path: str | Path,
+    codec: str = "h264", *, stop: threading.Event | None = None, progress: Callable[[int], None] | None = None,
 ) -> int:
     """Write frames ``[start, end)`` of ``source`` with ``frames``' faces drawn to ``out_path``; frames written."""
     faces = {f["frame"]: f["faces"] for f in frames}
     cap, info = open_capture(source)
-    if start > 0:
-        cap.set(cv2.CAP_PROP_POS_FRAMES, start)
     writer = VideoWriter(out_path, info.fps, (info.width, info.height), codec)
     n = 0
-    reader = FrameReader(cap, stop=stop)
+    reader = FrameReader(cap, stop=stop, start=start, end=end)
     try:
-        for i, frame in reader:
-            index = start + i
-            if end is not None and index >= end:
-                break
+        for index, frame in reader:
             writer.write(draw_faces(frame, faces.get(index, ()), copy=False))
             n += 1
             if progress is not None and n % 30 == 0:
@@ -202,17 +157,14 @@ def concat_videos(paths: list[str | Path], out_path: str | Path) -> str:
     """
     out_path = Path(out_path)
     try:
-        import av  # noqa: F401
-    except ImportError:
-        _concat_opencv(paths, out_path)
-        return "opencv"
-    try:
         _concat_pyav(paths, out_path)
         return "pyav"
+    except ImportError:
+        pass  # no PyAV
     except Exception as exc:  # noqa: BLE001 - an odd stream: re-encode instead
         log.warning("remuxing the segments failed (%s); re-encoding them", exc)
-        _concat_opencv(paths, out_path)
-        return "opencv"
+    _concat_opencv(paths, out_path)
+    return "opencv"
 
 
 def _concat_pyav(paths: list[str | Path], out_path: Path) -> None:
@@ -250,13 +202,9 @@ def _concat_opencv(paths: list[str | Path], out_path: Path) -> None:
         for p in paths:
             cap, info = open_capture(p)
             try:
-                if writer is None:
-                    # the path without PyAV, so OpenCV's own MPEG-4 encoder
+                if writer is None:  # the path without PyAV, so OpenCV's own MPEG-4 encoder
                     writer = VideoWriter(out_path, info.fps, (info.width, info.height), "mp4v")
-                while True:
-                    ok, frame = cap.read()
-                    if not ok:
-                        break
+                while (frame := cap.read()[1]) is not None:
                     writer.write(frame)
             finally:
                 cap.release()

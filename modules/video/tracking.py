@@ -1,11 +1,7 @@
-"""Face tracking: a maintained multi-object tracker plus shot-cut detection.
+"""Face tracking: Roboflow's ``trackers`` package (ByteTrack, SORT or OC-SORT) adapted to faces, plus shot cuts.
 
-The association itself (Kalman filter, two-stage IoU matching, track life
-cycle) is Roboflow's ``trackers`` package (ByteTrack, SORT or OC-SORT,
-Apache-2.0).  This module only adapts it to :class:`~modules.face.Face`
-lists, keeps track ids unique across shot cuts (a cut starts a fresh tracker:
-a face after a cut is never the continuation of one before it), and
-extrapolates boxes on frames where the detector is skipped.
+Track ids stay unique across shot cuts (a cut starts a fresh tracker: a face after a cut is never the continuation
+of one before it); boxes are extrapolated on frames where the detector is skipped.
 """
 
 from __future__ import annotations

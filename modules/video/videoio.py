@@ -1,11 +1,7 @@
 """Video input and output: files and cameras in with OpenCV, annotated MP4 out.
 
-The annotated video is H.264 (``yuv420p``, ``+faststart``) written with PyAV's
-libx264, which every browser plays inline in a ``<video>`` tag; any other
-FOURCC (``mp4v``, ``MJPG``...) is written by OpenCV instead.  Frames are decoded
-and encoded on background threads (OpenCV and PyAV release the GIL), so
-decoding the next frame and encoding the last one overlap with detection and
-embedding of the current one.
+H.264 (PyAV's libx264, ``yuv420p``, ``+faststart``) plays inline in every browser; other FOURCCs are written by
+OpenCV.  Decoding and encoding run on threads (OpenCV and PyAV release the GIL), overlapping with detection.
 """
 
 from __future__ import annotations
@@ -14,8 +10,9 @@ import math
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -46,13 +43,7 @@ class VideoInfo:
         return None if self.frames is None else self.frames / self.fps
 
     def to_dict(self) -> dict:
-        return {
-            "width": self.width,
-            "height": self.height,
-            "fps": round(self.fps, 3),
-            "frames": self.frames,
-            "live": self.live,
-        }
+        return {**asdict(self), "fps": round(self.fps, 3)}
 
 
 def _fps(cap: cv2.VideoCapture) -> float:
@@ -61,7 +52,9 @@ def _fps(cap: cv2.VideoCapture) -> float:
 
 
 def open_capture(source: str | int | Path) -> tuple[cv2.VideoCapture, VideoInfo]:
-    """Open a video file or a camera index; :class:`BadImageError` when nothing can be decoded."""
+    """Open a video file or a camera index; :class:`BadImageError` when nothing can be decoded.
+
+    A source that does not report its size is measured on its first frame (a file is then rewound)."""
     live = isinstance(source, int)
     if not live:
         p = Path(source)
@@ -77,8 +70,15 @@ def open_capture(source: str | int | Path) -> tuple[cv2.VideoCapture, VideoInfo]
     w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
     h = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
     n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-    info = VideoInfo(width=w, height=h, fps=_fps(cap), frames=n if (n > 0 and not live) else None, live=live)
-    return cap, info
+    if w <= 0 or h <= 0:
+        ok, first = cap.read()
+        if not ok:
+            cap.release()
+            raise BadImageError(f"cannot read a frame from {source}")
+        h, w = first.shape[:2]
+        if not live:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+    return cap, VideoInfo(width=w, height=h, fps=_fps(cap), frames=n if (n > 0 and not live) else None, live=live)
 
 
 def probe(path: str | Path) -> VideoInfo:
@@ -88,22 +88,23 @@ def probe(path: str | Path) -> VideoInfo:
         ok, frame = cap.read()
         if not ok or frame is None:
             raise BadImageError("the file is not a decodable video")
-        if info.width <= 0 or info.height <= 0:
-            info = VideoInfo(frame.shape[1], frame.shape[0], info.fps, info.frames, info.live)
         return info
     finally:
         cap.release()
 
 
 class FrameReader:
-    """Iterates ``(index, frame)`` from a capture, decoding ahead on a thread.
+    """Iterates ``(index, frame)`` over frames ``[start, end)`` of a capture (``end`` None: to its end), decoding
+    ahead on a thread; frames are resized to ``size`` (width, height) when given.
 
-    ``close()`` (or leaving the ``with`` block) stops the thread and releases
-    the capture; iteration also stops when ``stop`` (a ``threading.Event``) is set.
+    ``close()`` stops the thread and releases the capture; iteration also stops when ``stop`` is set.
     """
 
-    def __init__(self, cap: cv2.VideoCapture, prefetch: int = 8, stop: threading.Event | None = None):
-        self._cap = cap
+    def __init__(self, cap: cv2.VideoCapture, prefetch: int = 8, stop: threading.Event | None = None, *,
+                 start: int = 0, end: int | None = None, size: tuple[int, int] | None = None):
+        if start > 0:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+        self._cap, self._start, self._end, self._size = cap, start, end, size
         self._q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
         self._stop = stop or threading.Event()
         self._closed = threading.Event()
@@ -121,19 +122,23 @@ class FrameReader:
         return False
 
     def _run(self) -> None:
+        index = self._start
         try:
-            while not self._closed.is_set() and not self._stop.is_set():
+            while not self._closed.is_set() and not self._stop.is_set() and (self._end is None or index < self._end):
                 ok, frame = self._cap.read()
                 if not ok or frame is None:
                     break
+                if self._size is not None and (frame.shape[1], frame.shape[0]) != self._size:
+                    frame = cv2.resize(frame, self._size, interpolation=cv2.INTER_AREA)
                 if not self._put(frame):
                     return
+                index += 1
         except BaseException as exc:  # pragma: no cover - OpenCV errors are rare
             self._error = exc
         self._put(_END)
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
-        index = 0
+        index = self._start
         while True:
             if self._stop.is_set():
                 return
@@ -154,12 +159,6 @@ class FrameReader:
         self._closed.set()
         self._thread.join(timeout=5)
         self._cap.release()
-
-    def __enter__(self) -> FrameReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class _OpenCVEncoder:
@@ -270,14 +269,10 @@ class RateMeter:
     """Frames per second over a sliding window of recent frames."""
 
     def __init__(self, window: int = 30):
-        self._times: list[float] = []
-        self._window = window
+        self._times: deque[float] = deque(maxlen=window)
 
     def tick(self) -> float:
-        now = time.perf_counter()
-        self._times.append(now)
-        if len(self._times) > self._window:
-            self._times.pop(0)
+        self._times.append(time.perf_counter())
         if len(self._times) < 2:
             return 0.0
         return (len(self._times) - 1) / max(self._times[-1] - self._times[0], 1e-9)
