@@ -87,7 +87,8 @@ class CropPath(JobPath):
 
 class VideoUploadJSON(BaseModel):
     file: str | None = Field(None, description="the video file, base64 (the original clients' shape); also `video`")
-    gallery: str | None = Field(None, description="gallery to recognize against (default: the server's default gallery)")
+    gallery: str | None = Field(None, description="gallery to recognize against (default: the server's default"
+                                " gallery)")
     decision: str | None = Field(None, description="`mean` or `vote`")
 
 
