@@ -368,7 +368,7 @@ def run(limit: int | None = None, lfw: int = 0, parity: bool = False, progress: 
             if crop is not None:
                 from modules.attributes.emotion import LABELS
 
-                probs = analyzer._emotion_model().probabilities(crop[None])[0]
+                probs = analyzer._model("emotion").probabilities(crop[None])[0]
                 row["ref_emotion"] = LABELS[int(np.argmax(probs))]
         rows.append(row)
         if progress and (i + 1) % 20 == 0:

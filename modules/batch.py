@@ -29,6 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .attributes import AttributeAnalyzer, parse_attributes
 from .images import IMAGE_SUFFIXES, list_people_dir
 from .errors import ConfigError, FaceRecError, InvalidRequestError
 from .face import UNKNOWN
@@ -40,38 +41,20 @@ CSV_COLUMNS = ["image", "face", "x1", "y1", "x2", "y2", "name", "similarity", "e
 
 # --- shared by the scripts ------------------------------------------------------------------------
 def add_common_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument(
-        "--gallery-dir",
-        "--people-dir",
-        dest="gallery_dir",
-        type=Path,
-        default=None,
-        help="PEOPLE_DIR with <name>/<images> to enroll before running (into a temporary gallery"
-        " unless --save-gallery); without it the persistent gallery is used",
-    )
+    ap.add_argument("--gallery-dir", "--people-dir", dest="gallery_dir", type=Path, default=None,
+                    help="PEOPLE_DIR with <name>/<images> to enroll before running (into a temporary gallery"
+                    " unless --save-gallery); without it the persistent gallery is used")
     ap.add_argument("--output", "-o", type=Path, required=True, help="OUT_DIR for the results")
     ap.add_argument("--config", default=None, help="embedder config (default configs/sface.yaml)")
-    ap.add_argument(
-        "--data-dir",
-        default=None,
-        help="the persistent gallery is <data-dir>/gallery.db (default ./data or $FACEREC_DATA_DIR)",
-    )
-    ap.add_argument(
-        "--database-url",
-        default=None,
-        help="persistent gallery database, e.g. postgresql://... (default: $DATABASE_URL, else <data-dir>/gallery.db)",
-    )
+    ap.add_argument("--data-dir", default=None,
+                    help="the persistent gallery is <data-dir>/gallery.db (default ./data or $FACEREC_DATA_DIR)")
+    ap.add_argument("--database-url", default=None, help="persistent gallery database, e.g. postgresql://..."
+                    " (default: $DATABASE_URL, else <data-dir>/gallery.db)")
     ap.add_argument("--gallery", default="default", help="gallery name (default 'default')")
-    ap.add_argument(
-        "--save-gallery",
-        action="store_true",
-        help="enroll --gallery-dir into the persistent gallery instead of a temporary one",
-    )
-    ap.add_argument(
-        "--attributes",
-        default=None,
-        help="face attributes to add, comma-separated (e.g. age,gender,emotion), if the attributes module is installed",
-    )
+    ap.add_argument("--save-gallery", action="store_true",
+                    help="enroll --gallery-dir into the persistent gallery instead of a temporary one")
+    ap.add_argument("--attributes", default=None, help="face attributes to add, comma-separated"
+                    " (e.g. age,gender,emotion), if the attributes module is installed")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -136,7 +119,8 @@ def open_for_script(
         tmp = tempfile.mkdtemp(prefix="facerec-gallery-")
         location: str | Path = Path(tmp) / "gallery.db"
     else:
-        location = load_settings(data_dir=args.data_dir, gallery_url=getattr(args, "database_url", None)).gallery_location
+        settings = load_settings(data_dir=args.data_dir, gallery_url=getattr(args, "database_url", None))
+        location = settings.gallery_location
         if args.gallery_dir is None and isinstance(location, Path) and not location.exists():
             raise ConfigError(
                 f"no gallery at {location}: pass --gallery-dir PEOPLE_DIR, or enroll people first"
@@ -174,12 +158,6 @@ def open_for_script(
 
 def load_attributes(spec: str | None) -> tuple[Any, Any]:
     """``(which, analyzer)`` for ``--attributes``; ``(None, None)`` when none asked."""
-    if not spec or not spec.strip():
-        return None, None
-    try:
-        from .attributes import AttributeAnalyzer, parse_attributes  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise InvalidRequestError(f"--attributes needs the attributes module, which is not available ({exc})") from None
     which = parse_attributes(spec)
     return (which, AttributeAnalyzer()) if which else (None, None)
 
@@ -319,18 +297,10 @@ def write_results(out_dir: Path, results: list[dict[str, Any]]) -> None:
 
 
 def print_summary(title: str, summary: dict[str, Any], out_dir: Path, extra: list[str] | None = None) -> None:
-    lines = [f"{title}"]
-    for k, v in summary.items():
-        if k in ("outputs", "people", "video"):
-            continue
-        lines.append(f"  {k}: {v}")
-    people = summary.get("people") or {}
-    if people:
-        lines.append("  recognized:")
-        for name, v in people.items():
-            lines.append(f"    {name}: {v}")
-    lines.extend(extra or [])
-    lines.append(f"  output: {out_dir}")
+    lines = [title, *(f"  {k}: {v}" for k, v in summary.items() if k not in ("outputs", "people", "video"))]
+    if summary.get("people"):
+        lines += ["  recognized:", *(f"    {name}: {v}" for name, v in summary["people"].items())]
+    lines += [*(extra or []), f"  output: {out_dir}"]
     print("\n".join(lines), file=sys.stderr)
 
 
@@ -342,17 +312,9 @@ def run_folder(args: argparse.Namespace) -> int:
         which, analyzer = load_attributes(args.attributes)
         rec, gallery, cleanup = open_for_script(args)
         try:
-            summary = process_folder(
-                rec,
-                args.input_dir,
-                args.output,
-                gallery,
-                attributes=which,
-                analyzer=analyzer,
-                save_crops=not args.no_crops,
-                max_faces=args.max_faces,
-                progress=not args.no_progress,
-            )
+            summary = process_folder(rec, args.input_dir, args.output, gallery, attributes=which, analyzer=analyzer,
+                                     save_crops=not args.no_crops, max_faces=args.max_faces,
+                                     progress=not args.no_progress)
         finally:
             cleanup()
     except FaceRecError as exc:

@@ -25,19 +25,12 @@ import json
 import sys
 from pathlib import Path
 
+from .config import load_config
 from .errors import FaceRecError
 from .images import list_people_dir
-
-def _open(args: argparse.Namespace, with_models: bool = True):
-    from .settings import load_settings
-    from .storage import open_gallery
-
-    gallery = open_gallery(load_settings(data_dir=args.data_dir, gallery_url=args.database_url).gallery_location)
-    if not with_models:
-        return None, gallery
-    from .recognizer import FaceRecognizer
-
-    return FaceRecognizer(args.config, gallery), gallery
+from .recognizer import FaceRecognizer
+from .settings import load_settings
+from .storage import open_gallery
 
 
 def _print(obj) -> None:
@@ -51,88 +44,70 @@ def _json(model: str, record) -> dict:
     return schemas.dump(getattr(schemas, model), record)
 
 
-def cmd_enroll(args):
-    rec, _ = _open(args)
+# every command gets (args, recognizer or None for the gallery-only ones, gallery store)
+def cmd_enroll(args, rec, _):
     ids = rec.enroll(args.gallery, args.person, [Path(p) for p in args.images], sources=[str(p) for p in args.images])
     _print({"gallery": args.gallery, "person": args.person, "face_ids": ids})
 
 
-def cmd_enroll_dir(args):
-    rec, gallery = _open(args)
+def cmd_enroll_dir(args, rec, gallery):
     people = list_people_dir(Path(args.people_dir))
-    prepared = {}
-    for name, paths in people.items():
-        prepared[name] = rec.prepare_enrollment(paths, sources=[str(p) for p in paths])
+    prepared = {name: rec.prepare_enrollment(paths, sources=[str(p) for p in paths]) for name, paths in people.items()}
     ids = gallery.add_faces_many(args.gallery, prepared)  # one transaction for the whole folder
     _print({"gallery": args.gallery, "enrolled": {k: len(v) for k, v in ids.items()}})
 
 
-def cmd_people(args):
-    _, gallery = _open(args, with_models=False)
+def cmd_people(args, _, gallery):
     items, total = gallery.list_people(args.gallery, offset=args.offset, limit=args.limit)
     _print({"total": total, "people": [_json("PersonOut", p) for p in items]})
 
 
-def cmd_galleries(args):
-    _, gallery = _open(args, with_models=False)
+def cmd_galleries(args, _, gallery):
     _print([_json("GalleryOut", g) for g in gallery.list_galleries()])
 
 
-def cmd_identify(args):
-    rec, _ = _open(args)
+def cmd_identify(args, rec, _):
     _print(_json("RecognitionResponse", rec.recognize(Path(args.image), gallery=args.gallery)))
 
 
-def cmd_verify(args):
-    rec, _ = _open(args)
+def cmd_verify(args, rec, _):
     _print(_json("VerifyResponse", rec.verify(Path(args.image_a), Path(args.image_b))))
 
 
-def cmd_rename(args):
-    _, gallery = _open(args, with_models=False)
-    p = gallery.rename_person(args.gallery, args.name, args.new_name)
-    _print(_json("PersonOut", p))
+def cmd_rename(args, _, gallery):
+    _print(_json("PersonOut", gallery.rename_person(args.gallery, args.name, args.new_name)))
 
 
-def cmd_delete_person(args):
-    _, gallery = _open(args, with_models=False)
+def cmd_delete_person(args, _, gallery):
     _print({"deleted": args.name, "faces_removed": gallery.delete_person(args.gallery, args.name)})
 
 
-def cmd_delete_face(args):
-    _, gallery = _open(args, with_models=False)
+def cmd_delete_face(args, _, gallery):
     gallery.delete_face(args.face_id, gallery=args.gallery)
     _print({"deleted_face": args.face_id})
 
 
-def cmd_reembed(args):
-    from .config import load_config
+def cmd_reembed(args, _, gallery):
     from .embedders import build_embedder
 
-    _, gallery = _open(args, with_models=False)
     embedder = build_embedder(load_config(args.config))
-    out = gallery.reembed(None if args.all else args.gallery, embedder, drop_uncroppable=args.drop_uncroppable)
-    _print(out)
+    _print(gallery.reembed(None if args.all else args.gallery, embedder, drop_uncroppable=args.drop_uncroppable))
 
 
-def cmd_import_pickle(args):
+def cmd_import_pickle(args, _, gallery):
     from .storage import import_legacy_pickle
 
-    _, gallery = _open(args, with_models=False)
     _print(import_legacy_pickle(gallery, Path(args.file), args.gallery, args.embedder, trusted=args.trusted))
 
 
-def cmd_export_pickle(args):
-    from .config import load_config
+def cmd_export_pickle(args, _, gallery):
     from .storage import export_legacy_pickle
 
-    _, gallery = _open(args, with_models=False)
     embedder_id = args.embedder or load_config(args.config).name
     _print(export_legacy_pickle(gallery, Path(args.file), args.gallery, embedder_id, mode=args.mode))
 
 
-def cmd_export(args):
-    _, gallery = _open(args, with_models=False)
+def cmd_export(args, _, gallery):
     rows = gallery.export_people(args.gallery)
     out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
     try:
@@ -140,8 +115,7 @@ def cmd_export(args):
             json.dump(rows, out, indent=2, default=str, ensure_ascii=False)
             out.write("\n")
         else:
-            fields = list(rows[0]) if rows else ["gallery", "person", "face_id"]
-            w = csv.DictWriter(out, fieldnames=fields)
+            w = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["gallery", "person", "face_id"])
             w.writeheader()
             w.writerows(rows)
     finally:
@@ -153,30 +127,31 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m modules.cli", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", default=None, help="folder holding gallery.db (default $FACEREC_DATA_DIR or ./data)")
+    common.add_argument("--data-dir", default=None,
+                        help="folder holding gallery.db (default $FACEREC_DATA_DIR or ./data)")
     common.add_argument("--database-url", default=None,
                         help="gallery database URL, e.g. postgresql://... (default $DATABASE_URL, else --data-dir)")
     common.add_argument("--config", default=None, help="embedder YAML (default configs/sface.yaml)")
     common.add_argument("--gallery", default="default", help="gallery name (default 'default')")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    def add(name, fn, help_):
+    def add(name, fn, help_, models=False):
         p = sub.add_parser(name, parents=[common], help=help_)
-        p.set_defaults(fn=fn)
+        p.set_defaults(fn=fn, models=models)
         return p
 
-    p = add("enroll", cmd_enroll, "enroll images of one person")
+    p = add("enroll", cmd_enroll, "enroll images of one person", models=True)
     p.add_argument("--person", required=True)
     p.add_argument("images", nargs="+")
-    p = add("enroll-dir", cmd_enroll_dir, "enroll a <name>/<images> folder (all or nothing)")
+    p = add("enroll-dir", cmd_enroll_dir, "enroll a <name>/<images> folder (all or nothing)", models=True)
     p.add_argument("people_dir")
     p = add("people", cmd_people, "list people")
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--limit", type=int, default=100)
     add("galleries", cmd_galleries, "list galleries")
-    p = add("identify", cmd_identify, "identify every face in an image")
+    p = add("identify", cmd_identify, "identify every face in an image", models=True)
     p.add_argument("image")
-    p = add("verify", cmd_verify, "are two photos the same person?")
+    p = add("verify", cmd_verify, "are two photos the same person?", models=True)
     p.add_argument("image_a")
     p.add_argument("image_b")
     p = add("rename", cmd_rename, "rename a person")
@@ -207,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.fn(args)
+        store = open_gallery(load_settings(data_dir=args.data_dir, gallery_url=args.database_url).gallery_location)
+        args.fn(args, FaceRecognizer(args.config, store) if args.models else None, store)
     except FaceRecError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

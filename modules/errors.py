@@ -22,94 +22,29 @@ class FaceRecError(Exception):
         self.details = details or {}
 
 
+# input
+class InvalidRequestError(FaceRecError): status, code = 400, "invalid_request"
+class BadImageError(FaceRecError): status, code = 400, "bad_image"  # empty, truncated, not an image
+class UnsupportedMediaError(FaceRecError): status, code = 415, "unsupported_media_type"
+class ImageTooLargeError(FaceRecError): status, code = 413, "too_large"  # bytes or pixels over the limit
+class NoFaceError(FaceRecError): status, code = 422, "no_face"
+class MultipleFacesError(FaceRecError): status, code = 422, "multiple_faces"
+class LowQualityFaceError(FaceRecError): status, code = 422, "low_quality_face"
+class UntrustedPickleError(FaceRecError): status, code = 400, "untrusted_pickle"  # unpickling runs code
 
-# --- input ------------------------------------------------------------------
-class InvalidRequestError(FaceRecError):
-    status, code = 400, "invalid_request"
+# auth
+class UnauthorizedError(FaceRecError): status, code = 401, "unauthorized"
+class ForbiddenError(FaceRecError): status, code = 403, "forbidden"
 
+# state
+class NotFoundError(FaceRecError): status, code = 404, "not_found"
+class GalleryNotFoundError(NotFoundError): code = "gallery_not_found"
+class PersonNotFoundError(NotFoundError): code = "person_not_found"
+class FaceNotFoundError(NotFoundError): code = "face_not_found"
+class ConflictError(FaceRecError): status, code = 409, "conflict"
+class EmbedderMismatchError(ConflictError): code = "embedder_mismatch"  # re-embed the gallery
 
-class BadImageError(FaceRecError):
-    """The bytes are not a decodable image (empty, truncated, not an image)."""
-
-    status, code = 400, "bad_image"
-
-
-class UnsupportedMediaError(FaceRecError):
-    status, code = 415, "unsupported_media_type"
-
-
-class ImageTooLargeError(FaceRecError):
-    """Payload or decoded pixel count above the configured limit (decompression bombs)."""
-
-    status, code = 413, "too_large"
-
-
-class NoFaceError(FaceRecError):
-    status, code = 422, "no_face"
-
-
-class MultipleFacesError(FaceRecError):
-    status, code = 422, "multiple_faces"
-
-
-class LowQualityFaceError(FaceRecError):
-    status, code = 422, "low_quality_face"
-
-
-class UntrustedPickleError(FaceRecError):
-    """Unpickling runs code: refused unless the caller says the file is trusted."""
-
-    status, code = 400, "untrusted_pickle"
-
-
-# --- auth -------------------------------------------------------------------
-class UnauthorizedError(FaceRecError):
-    status, code = 401, "unauthorized"
-
-
-class ForbiddenError(FaceRecError):
-    status, code = 403, "forbidden"
-
-
-# --- state ------------------------------------------------------------------
-class NotFoundError(FaceRecError):
-    status, code = 404, "not_found"
-
-
-class GalleryNotFoundError(NotFoundError):
-    code = "gallery_not_found"
-
-
-class PersonNotFoundError(NotFoundError):
-    code = "person_not_found"
-
-
-class FaceNotFoundError(NotFoundError):
-    code = "face_not_found"
-
-
-class ConflictError(FaceRecError):
-    status, code = 409, "conflict"
-
-
-class EmbedderMismatchError(ConflictError):
-    """Embeddings from different models are not comparable: re-embed the gallery."""
-
-    code = "embedder_mismatch"
-
-
-# --- configuration / models --------------------------------------------------
-class ConfigError(FaceRecError):
-    """A YAML config is missing, malformed, or has unknown keys / wrong types."""
-
-    status, code = 500, "config_error"
-
-
-class ModelNotFoundError(ConfigError):
-    """A weights file or checkpoint is missing; the message names the path."""
-
-    code = "model_not_found"
-
-
-class ServiceUnavailableError(FaceRecError):
-    status, code = 503, "unavailable"
+# configuration (a YAML config missing, malformed, with unknown keys) and models (a weights file missing)
+class ConfigError(FaceRecError): status, code = 500, "config_error"
+class ModelNotFoundError(ConfigError): code = "model_not_found"
+class ServiceUnavailableError(FaceRecError): status, code = 503, "unavailable"

@@ -67,8 +67,6 @@ def decode_image(
             img.load()
             img = ImageOps.exif_transpose(img)
             rgb = _to_rgb(img)
-    except (UnsupportedMediaError, ImageTooLargeError, BadImageError):
-        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"the image is too large to decode safely: {exc}") from exc
     except UnidentifiedImageError as exc:
@@ -93,15 +91,6 @@ def read_file(path: str | Path) -> bytes:
 def read_image(path: str | Path, **limits) -> np.ndarray:
     """Read and decode an image file; unreadable files raise :class:`BadImageError`."""
     return decode_image(read_file(path), **limits)
-
-
-def encode_jpeg(image_bgr: np.ndarray, quality: int = 90) -> bytes:
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:  # pragma: no cover - cv2 only fails on empty input
-        raise BadImageError("could not encode image")
-    return buf.tobytes()
 
 
 def encode_png(image_bgr: np.ndarray) -> bytes:

@@ -13,6 +13,7 @@ folder script and the benchmarks all call it and get a :class:`RecognitionResult
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -103,13 +104,7 @@ def primary_face(faces: Sequence[Face], shape: tuple[int, ...], policy: FacePoli
         return faces[0]
     if policy == "center":
         h, w = shape[:2]
-        c = np.array([w / 2, h / 2])
-
-        def centrality(f: Face) -> float:
-            fc = np.array([(f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2])
-            return float(np.linalg.norm(fc - c))
-
-        return min(faces, key=centrality)
+        return min(faces, key=lambda f: math.hypot((f.box[0] + f.box[2] - w) / 2, (f.box[1] + f.box[3] - h) / 2))
     return max(faces, key=lambda f: f.width * f.height)
 
 
@@ -142,11 +137,8 @@ class FaceRecognizer:
 
             gallery = open_gallery(gallery)
         self.gallery = gallery
-        self._limits: dict[str, int] = {}
-        if max_image_bytes:
-            self._limits["max_bytes"] = max_image_bytes
-        if max_image_pixels:
-            self._limits["max_pixels"] = max_image_pixels
+        limits = {"max_bytes": max_image_bytes, "max_pixels": max_image_pixels}
+        self._limits = {k: v for k, v in limits.items() if v}  # decode_image's defaults for the others
 
     @classmethod
     def from_config(cls, config: str | Path | None = None, gallery: Any = None, **kw: Any) -> FaceRecognizer:

@@ -8,11 +8,8 @@ shared by every request through ``app.extensions["facerec"]``.  The OpenAPI
 document (``/openapi.json``) and the Swagger UI (``/docs``) are generated from
 the routes and pydantic models by flask-openapi3.
 
-Blueprints: ``health`` (``/health``, ``/ready``), ``recognition``
-(``POST /recognition``), ``analysis`` (detect, verify, identify) and
-``galleries`` (galleries, people, faces).  Another area (e.g. video jobs)
-plugs in with ``extra_blueprints=[...]`` or ``app.register_api(bp)`` before
-the first request.
+Blueprints: ``health``, ``recognition``, ``analysis``, ``galleries`` and ``videos``; another area plugs in
+with ``extra_blueprints=[...]`` or ``app.register_api(bp)`` before the first request.
 """
 from __future__ import annotations
 
@@ -23,8 +20,10 @@ from typing import Any
 from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import APIBlueprint, Info, OpenAPI
 
+from ..errors import ConfigError
 from ..recognizer import FaceRecognizer
-from .auth import init_auth
+from ..storage import open_gallery
+from .auth import check_request
 from .common import SECURITY_SCHEMES
 from .errors import register_error_handlers, validation_error_response
 from .keys import KeyStore
@@ -61,14 +60,6 @@ class FaceRecAPI(OpenAPI):
             for op in item.values():
                 if isinstance(op, dict) and isinstance(op.get("description"), str):
                     op["description"] = op["description"].replace("<br/>", "\n").strip()
-
-
-def _build_recognizer(settings: Settings, gallery: Any, models: FaceRecognizer | None) -> FaceRecognizer:
-    limits = {"max_image_bytes": settings.max_upload_bytes, "max_image_pixels": settings.max_pixels}
-    if models is None:
-        return FaceRecognizer(settings.config, gallery, **limits)
-    # reuse loaded detector/embedder (tests, several apps in one process) with this app's gallery
-    return FaceRecognizer(models.config, gallery, detector=models.detector, embedder=models.embedder, **limits)
 
 
 def create_app(
@@ -112,31 +103,27 @@ def create_app(
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        from ..errors import ConfigError
-
         raise ConfigError(f"cannot create the data directory {settings.data_dir}: {exc}") from exc
-    if gallery is None:
-        from ..storage import open_gallery
-
-        gallery = open_gallery(settings.gallery_location)
-    rec = _build_recognizer(settings, gallery, recognizer)
+    gallery = open_gallery(settings.gallery_location) if gallery is None else gallery
+    limits = {"max_image_bytes": settings.max_upload_bytes, "max_image_pixels": settings.max_pixels}
+    if recognizer is None:
+        rec = FaceRecognizer(settings.config, gallery, **limits)
+    else:  # reuse loaded models (tests, several apps in one process) with this app's gallery
+        rec = FaceRecognizer(recognizer.config, gallery, detector=recognizer.detector, embedder=recognizer.embedder,
+                             **limits)
     gallery.ensure_gallery(settings.default_gallery)
     keys = KeyStore(settings.keys_path) if settings.api_keys else None
     app.extensions[EXTENSION] = FaceRecService(settings, rec, gallery, keys)
 
     register_error_handlers(app)
-    init_auth(app)
+    app.before_request(check_request)
 
     from . import analysis, galleries, health, recognition, videos
 
-    for bp in (health.create_blueprint(), recognition.create_blueprint(), analysis.create_blueprint(),
-               galleries.create_blueprint(), videos.create_blueprint(), *extra_blueprints):
+    blueprints = [m.create_blueprint() for m in (health, recognition, analysis, galleries, videos)]
+    for bp in [*blueprints, *extra_blueprints]:
         app.register_api(bp)
     health.register_docs(app)
-    log.info(
-        "face recognition API ready: model %s, gallery %s, API keys %s",
-        rec.model_id,
-        settings.gallery_location,
-        "on" if keys else "off",
-    )
+    log.info("face recognition API ready: model %s, gallery %s, API keys %s", rec.model_id,
+             settings.gallery_location, "on" if keys else "off")
     return app

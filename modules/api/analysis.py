@@ -4,8 +4,8 @@ from __future__ import annotations
 from flask_openapi3 import APIBlueprint
 
 from . import operations
-from .common import COMMON_ERRORS, CONFLICT, IMAGE_ERRORS, NOT_FOUND, SECURITY, TAG_ANALYSIS, TAG_RECOGNITION
-from .inputs import get_images, get_options, read_payload
+from .common import API_PREFIX, CONFLICT, IMAGE_ERRORS, NOT_FOUND, TAG_ANALYSIS, TAG_RECOGNITION, api_blueprint
+from .inputs import get_images, get_options, read_payload, read_request
 from .schemas import (
     DetectOptions,
     DetectResponse,
@@ -24,84 +24,55 @@ from .schemas import (
 )
 from .service import get_service
 
-API_PREFIX = "/api/v1"
-IMAGE_FIELDS = ("file", "image")
-
 
 def create_blueprint() -> APIBlueprint:
-    bp = APIBlueprint(
-        "analysis", __name__, url_prefix=API_PREFIX, abp_responses=COMMON_ERRORS, abp_security=SECURITY
-    )
+    bp = api_blueprint("analysis", __name__, url_prefix=API_PREFIX)
 
-    @bp.post(
-        "/detect",
-        operation_id="detect",
-        tags=[TAG_ANALYSIS],
-        responses={200: DetectResponse, **IMAGE_ERRORS},
-        openapi_extensions=one_image_body(DetectOptions, "the image"),
-    )
+    @bp.post("/detect", tags=[TAG_ANALYSIS], responses={200: DetectResponse, **IMAGE_ERRORS},
+             openapi_extensions=one_image_body(DetectOptions, "the image"))
     def detect(query: DetectOptions):
         """Detect faces (boxes, landmarks, scores; attributes on request)
 
         No gallery is used. An image without faces gives `faces: []`.
         """
-        payload = read_payload()
-        opts = get_options(DetectOptions, payload, query, exclude=IMAGE_FIELDS)
-        result = operations.recognize(get_service(), get_images(payload, IMAGE_FIELDS)[0], None, opts)
-        return dump(DetectResponse, result)
+        opts, uploads = read_request(query)
+        return dump(DetectResponse, operations.recognize(get_service(), uploads[0], None, opts))
 
-    @bp.post(
-        "/verify",
-        operation_id="verify",
-        tags=[TAG_ANALYSIS],
-        responses={200: VerifyResponse, **IMAGE_ERRORS},
-        openapi_extensions=image_request_body(VerifyForm, VerifyJSON, raw=False),
-    )
+    @bp.post("/verify", tags=[TAG_ANALYSIS], responses={200: VerifyResponse, **IMAGE_ERRORS},
+             openapi_extensions=image_request_body(VerifyForm, VerifyJSON, raw=False))
     def verify(query: VerifyOptions):
         """Verify that two images show the same person
 
         Compares the largest face of each image (see `policy`); 422 `no_face` when an image has none.
         """
         payload = read_payload()
-        opts = get_options(VerifyOptions, payload, query, exclude=("file_a", "file_b"))
+        opts = get_options(payload, query, exclude=("file_a", "file_b"))
         a = get_images(payload, ("file_a",), raw_ok=False)[0]
         b = get_images(payload, ("file_b",), raw_ok=False)[0]
         return dump(VerifyResponse, get_service().recognizer.verify(a.data, b.data, opts.policy))
 
-    @bp.post(
-        "/galleries/<gallery>/identify",
-        operation_id="identify",
-        tags=[TAG_RECOGNITION],
-        responses={200: RecognitionResponse, **IMAGE_ERRORS, **NOT_FOUND},
-        openapi_extensions=one_image_body(IdentifyOptions, "the image or video frame"),
-    )
+    @bp.post("/galleries/<gallery>/identify", tags=[TAG_RECOGNITION],
+             responses={200: RecognitionResponse, **IMAGE_ERRORS, **NOT_FOUND},
+             openapi_extensions=one_image_body(IdentifyOptions, "the image or video frame"))
     def identify(path: GalleryPath, query: IdentifyOptions):
         """Identify every face of an image in a chosen gallery
 
         Same response as `POST /recognition`; 404 when the gallery does not exist.
         """
-        payload = read_payload()
-        opts = get_options(IdentifyOptions, payload, query, exclude=IMAGE_FIELDS)
-        result = operations.recognize(get_service(), get_images(payload, IMAGE_FIELDS)[0], path.gallery, opts)
-        return dump(RecognitionResponse, result)
+        opts, uploads = read_request(query)
+        return dump(RecognitionResponse, operations.recognize(get_service(), uploads[0], path.gallery, opts))
 
-    @bp.post(
-        "/galleries/<gallery>/people/<person>/verify",
-        operation_id="verify_person",
-        tags=[TAG_ANALYSIS],
-        responses={200: PersonVerifyResponse, **IMAGE_ERRORS, **NOT_FOUND, **CONFLICT},
-        openapi_extensions=one_image_body(VerifyOptions, "the image to compare with the person's enrolled faces"),
-    )
+    @bp.post("/galleries/<gallery>/people/<person>/verify", tags=[TAG_ANALYSIS],
+             responses={200: PersonVerifyResponse, **IMAGE_ERRORS, **NOT_FOUND, **CONFLICT},
+             openapi_extensions=one_image_body(VerifyOptions, "the image to compare with the person's enrolled faces"))
     def verify_person(path: PersonPath, query: VerifyOptions):
         """Verify an image against an enrolled person
 
         The best cosine similarity over the person's enrolled faces, against the 1:1 threshold.
         409 when the person has no faces or they come from another model.
         """
-        payload = read_payload()
-        opts = get_options(VerifyOptions, payload, query, exclude=IMAGE_FIELDS)
-        upload = get_images(payload, IMAGE_FIELDS)[0]
-        answer = operations.verify_person(get_service(), upload, path.gallery, path.person, opts.policy)
+        opts, uploads = read_request(query)
+        answer = operations.verify_person(get_service(), uploads[0], path.gallery, path.person, opts.policy)
         return answer.model_dump(mode="json")
 
     return bp

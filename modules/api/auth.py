@@ -13,7 +13,7 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from flask import Flask, current_app, g, request
+from flask import current_app, g, request
 
 from ..errors import ForbiddenError, UnauthorizedError
 from .keys import ApiKey
@@ -42,20 +42,10 @@ def current_key() -> ApiKey | None:
     return g.get("api_key")
 
 
-def _norm(name: str) -> str:
-    return unicodedata.normalize("NFC", name)
-
-
 def authorize_gallery(gallery: str) -> None:
     key = current_key()
-    if key is not None and not key.allows(_norm(gallery)):
+    if key is not None and not key.allows(unicodedata.normalize("NFC", gallery)):
         raise ForbiddenError(f"this API key may not use gallery {gallery!r}", details={"gallery": gallery})
-
-
-def require_admin() -> None:
-    key = current_key()
-    if key is not None and not key.admin:
-        raise ForbiddenError("this operation needs an admin API key")
 
 
 def visible(galleries: Iterable[Any]) -> list[Any]:
@@ -82,7 +72,8 @@ def authenticate() -> ApiKey | None:
     return key
 
 
-def _check_request() -> None:
+def check_request() -> None:
+    """Flask ``before_request`` hook: the key and gallery checks of every non-public view."""
     service = get_service()
     if service.keys is None or request.endpoint is None:  # keys off, or 404/405 on the way
         return
@@ -91,13 +82,9 @@ def _check_request() -> None:
     view = current_app.view_functions.get(request.endpoint)
     if view is None or getattr(view, "_facerec_public", False):
         return
-    authenticate()
+    key = authenticate()
     gallery = (request.view_args or {}).get("gallery")
     if isinstance(gallery, str):
         authorize_gallery(gallery)
-    if getattr(view, "_facerec_admin", False):
-        require_admin()
-
-
-def init_auth(app: Flask) -> None:
-    app.before_request(_check_request)
+    if getattr(view, "_facerec_admin", False) and not key.admin:
+        raise ForbiddenError("this operation needs an admin API key")

@@ -1,7 +1,9 @@
 """Shared pieces of the blueprints: error responses for the docs, tags, security."""
 from __future__ import annotations
 
-from flask_openapi3 import Tag
+from typing import Any
+
+from flask_openapi3 import APIBlueprint, Tag
 
 from .schemas import ErrorResponse
 
@@ -13,6 +15,7 @@ NOT_FOUND = {404: ErrorResponse}
 CONFLICT = {409: ErrorResponse}
 UNAVAILABLE = {503: ErrorResponse}
 
+API_PREFIX = "/api/v1"
 SECURITY = [{"ApiKey": []}]
 SECURITY_SCHEMES = {
     "ApiKey": {
@@ -32,3 +35,15 @@ TAG_GALLERIES = Tag(
 TAG_PEOPLE = Tag(name="people", description="People of a gallery")
 TAG_FACES = Tag(name="faces", description="Enrolled faces of a person")
 TAG_HEALTH = Tag(name="health", description="Liveness, readiness, documentation")
+
+
+def api_blueprint(name: str, import_name: str, **kw: Any) -> APIBlueprint:
+    """A blueprint documenting :data:`COMMON_ERRORS` and the key on every operation; operation ids = view names."""
+    kw.setdefault("abp_responses", COMMON_ERRORS)
+    kw.setdefault("abp_security", SECURITY)
+    return APIBlueprint(name, import_name, operation_id_callback=lambda name, path, method: name, **kw)
+
+
+def binary_response(mimetype: str, description: str) -> dict[str, Any]:
+    """The documentation of a response whose body is a file of ``mimetype``."""
+    return {"description": description, "content": {mimetype: {"schema": {"type": "string", "format": "binary"}}}}

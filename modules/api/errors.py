@@ -21,24 +21,10 @@ log = logging.getLogger("facerec.api")
 
 #: HTTP status -> our stable error code for Werkzeug's exceptions
 HTTP_CODES = {
-    400: "invalid_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    406: "not_acceptable",
-    408: "request_timeout",
-    409: "conflict",
-    411: "length_required",
-    413: "too_large",
-    414: "uri_too_long",
-    415: "unsupported_media_type",
-    416: "range_not_satisfiable",
-    422: "unprocessable",
-    429: "too_many_requests",
-    431: "headers_too_large",
-    500: "internal_error",
-    501: "not_implemented",
+    400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    406: "not_acceptable", 408: "request_timeout", 409: "conflict", 411: "length_required", 413: "too_large",
+    414: "uri_too_long", 415: "unsupported_media_type", 416: "range_not_satisfiable", 422: "unprocessable",
+    429: "too_many_requests", 431: "headers_too_large", 500: "internal_error", 501: "not_implemented",
     503: "unavailable",
 }
 

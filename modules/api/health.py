@@ -8,7 +8,7 @@ from flask_openapi3 import APIBlueprint
 
 from ..errors import FaceRecError, GalleryNotFoundError, ServiceUnavailableError
 from .auth import public
-from .common import TAG_HEALTH, UNAVAILABLE
+from .common import TAG_HEALTH, UNAVAILABLE, api_blueprint
 from .schemas import ErrorResponse, HealthResponse, ReadyResponse
 from .service import get_service
 
@@ -16,15 +16,16 @@ log = logging.getLogger("facerec.api")
 
 
 def create_blueprint() -> APIBlueprint:
-    bp = APIBlueprint("health", __name__, abp_tags=[TAG_HEALTH], abp_responses={400: ErrorResponse, 500: ErrorResponse})
+    errors = {400: ErrorResponse, 500: ErrorResponse}
+    bp = api_blueprint("health", __name__, abp_tags=[TAG_HEALTH], abp_responses=errors, abp_security=None)
 
-    @bp.get("/health", operation_id="health", responses={200: HealthResponse})
+    @bp.get("/health", responses={200: HealthResponse})
     @public
     def health():
         """Liveness: the process answers"""
         return HealthResponse(status="ok").model_dump()
 
-    @bp.get("/ready", operation_id="ready", responses={200: ReadyResponse, **UNAVAILABLE})
+    @bp.get("/ready", responses={200: ReadyResponse, **UNAVAILABLE})
     @public
     def ready():
         """Readiness: models loaded and the gallery database answers (503 otherwise)"""

@@ -24,6 +24,7 @@ M = TypeVar("M", bound=BaseModel)
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
 _RAW_TYPES = ("application/octet-stream",)
 MAX_SOURCE_CHARS = 200
+IMAGE_FIELDS = ("file", "image")  # a single image's field and its alias
 
 
 @dataclass
@@ -122,9 +123,10 @@ def get_images(
     return []
 
 
-def get_options(model: type[M], payload: Payload, base: BaseModel | None = None, exclude: Sequence[str] = ()) -> M:
-    """Options from the query string (already validated as ``base``) overridden by body fields."""
-    values: dict[str, Any] = base.model_dump(exclude_unset=True) if base is not None else {}
+def get_options(payload: Payload, query: M, exclude: Sequence[str] = ()) -> M:
+    """Options from the query string (already validated as ``query``) overridden by body fields."""
+    model = type(query)
+    values: dict[str, Any] = query.model_dump(exclude_unset=True)
     for key, value in payload.fields.items():
         if key in exclude or key not in model.model_fields:
             continue
@@ -135,3 +137,9 @@ def get_options(model: type[M], payload: Payload, base: BaseModel | None = None,
         return model.model_validate(values)
     except ValidationError as exc:
         raise InvalidRequestError(format_validation_error(exc)) from None
+
+
+def read_request(query: M, fields: Sequence[str] = IMAGE_FIELDS, **kw: Any) -> tuple[M, list[Upload]]:
+    """The options (``query`` overridden by body fields) and the uploads of the first of ``fields`` present."""
+    payload = read_payload()
+    return get_options(payload, query, fields), get_images(payload, fields, **kw)

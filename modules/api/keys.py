@@ -20,11 +20,8 @@ __all__ = ["ALL_GALLERIES", "ApiKey", "KeyStore", "hash_key", "main"]
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m modules.api.keys", description="Manage the service's API keys.")
-    ap.add_argument(
-        "--data-dir",
-        default=None,
-        help="the server's data directory (default: $FACEREC_DATA_DIR or ./data)",
-    )
+    ap.add_argument("--data-dir", default=None,
+                    help="the server's data directory (default: $FACEREC_DATA_DIR or ./data)")
     sub = ap.add_subparsers(dest="command", required=True)
     c = sub.add_parser("create", help="create a key and print it (shown once)")
     c.add_argument("--gallery", action="append", required=True, help="a gallery the key may use; '*' for all; repeat")

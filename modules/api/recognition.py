@@ -11,32 +11,19 @@ from flask_openapi3 import APIBlueprint
 
 from . import operations
 from .auth import authorize_gallery
-from .common import COMMON_ERRORS, IMAGE_ERRORS, NOT_FOUND, SECURITY, TAG_RECOGNITION
-from .inputs import get_images, get_options, read_payload
+from .common import IMAGE_ERRORS, NOT_FOUND, TAG_RECOGNITION, api_blueprint
+from .inputs import IMAGE_FIELDS, get_images, get_options, read_payload
 from .schemas import (
-    LegacyRecognitionResponse,
-    RecognitionOptions,
-    RecognitionReply,
-    RecognitionResponse,
-    dump,
-    one_image_body,
+    LegacyRecognitionResponse, RecognitionOptions, RecognitionReply, RecognitionResponse, dump, one_image_body,
 )
 from .service import get_service
 
-IMAGE_FIELDS = ("file", "image")
-
 
 def create_blueprint() -> APIBlueprint:
-    bp = APIBlueprint(
-        "recognition", __name__, abp_tags=[TAG_RECOGNITION], abp_responses=COMMON_ERRORS, abp_security=SECURITY
-    )
+    bp = api_blueprint("recognition", __name__, abp_tags=[TAG_RECOGNITION])
 
-    @bp.post(
-        "/recognition",
-        operation_id="recognize",
-        responses={200: RecognitionReply, **IMAGE_ERRORS, **NOT_FOUND},
-        openapi_extensions=one_image_body(RecognitionOptions, "the image or video frame"),
-    )
+    @bp.post("/recognition", responses={200: RecognitionReply, **IMAGE_ERRORS, **NOT_FOUND},
+             openapi_extensions=one_image_body(RecognitionOptions, "the image or video frame"))
     def recognize(query: RecognitionOptions):
         """Recognize every face in an image or video frame
 
@@ -50,7 +37,7 @@ def create_blueprint() -> APIBlueprint:
         """
         svc = get_service()
         payload = read_payload()
-        opts = get_options(RecognitionOptions, payload, query, exclude=IMAGE_FIELDS)
+        opts = get_options(payload, query, exclude=IMAGE_FIELDS)
         gallery = opts.gallery or svc.settings.default_gallery
         authorize_gallery(gallery)
         upload = get_images(payload, IMAGE_FIELDS)[0]

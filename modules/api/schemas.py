@@ -1,21 +1,15 @@
 """Pydantic models of the HTTP API: what requests may carry and what responses hold.
 
-flask-openapi3 builds ``/openapi.json`` from these.  Path, query and plain
-JSON bodies are validated by flask-openapi3 itself (errors become 400
-``invalid_request``).  Endpoints that take images accept the same fields as
-``multipart/form-data`` (file parts), as JSON (base64 strings) or as a raw
-``image/*`` body; :func:`image_request_body` documents both shapes from a
-pair of models and :mod:`modules.api.inputs` reads them.
-
-The response models are also the serialisers: :func:`dump` builds every
-answer's JSON from the library's records (``from_attributes``), so the
-document and the answers cannot drift apart.
+flask-openapi3 builds ``/openapi.json`` from these and validates path, query and JSON bodies with them (400
+``invalid_request``).  Image endpoints take their fields as multipart file parts, JSON base64 strings or a raw
+``image/*`` body (:func:`image_request_body` documents them, :mod:`modules.api.inputs` reads them).  The response
+models are also the serialisers (:func:`dump`), so the document and the answers cannot drift apart.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import numbers
-import threading
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -40,7 +34,6 @@ MAX_SQL_INT = 2**63 - 1
 MAX_TOP_K = 100
 MAX_LIST = 1000
 
-NameStr = Field(min_length=1, max_length=MAX_NAME_LEN)
 BASE64_DOC = "the image file (JPEG, PNG, WebP, BMP, TIFF, GIF), base64-encoded; a data: URL prefix is accepted"
 ATTRIBUTES_DOC = (
     "face attributes to add to every face, comma-separated (e.g. `age,gender,emotion`);"
@@ -52,8 +45,9 @@ LEGACY_DOC = (
 )
 
 
-_SCHEMA_CACHE: dict[tuple, dict[str, Any]] = {}
-_SCHEMA_LOCK = threading.Lock()
+@functools.cache
+def _json_schema(model: type[BaseModel], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    return super(_In, model).model_json_schema(*args, **kwargs)
 
 
 class _In(BaseModel):
@@ -64,16 +58,7 @@ class _In(BaseModel):
 
     @classmethod
     def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
-        key = (cls, args, tuple(sorted(kwargs.items(), key=lambda kv: kv[0])))
-        try:
-            cached = _SCHEMA_CACHE.get(key)
-        except TypeError:  # unhashable argument: no caching
-            return super().model_json_schema(*args, **kwargs)
-        if cached is None:
-            cached = super().model_json_schema(*args, **kwargs)
-            with _SCHEMA_LOCK:
-                _SCHEMA_CACHE[key] = cached
-        return copy.deepcopy(cached)
+        return copy.deepcopy(_json_schema(cls, *args, **kwargs))
 
 
 class _Out(BaseModel):
@@ -198,19 +183,12 @@ def image_request_body(form: type[BaseModel], json_model: type[BaseModel], *, ra
     if arrays:
         content["multipart/form-data"]["encoding"] = {k: {"style": "form", "explode": True} for k in arrays}
     if raw:
-        content["application/octet-stream"] = {
-            "schema": {"type": "string", "format": "binary"},
-        }
-    return {
-        "requestBody": {
-            "required": True,
-            "description": "multipart/form-data with file parts, JSON with base64 strings, or the raw image"
-            " bytes (options then go in the query string)"
-            if raw
-            else "multipart/form-data with file parts, or JSON with base64 strings",
-            "content": content,
-        }
-    }
+        content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
+    description = (
+        "multipart/form-data with file parts, JSON with base64 strings, or the raw image bytes (options then go in"
+        " the query string)" if raw else "multipart/form-data with file parts, or JSON with base64 strings"
+    )
+    return {"requestBody": {"required": True, "description": description, "content": content}}
 
 
 # --- JSON bodies -------------------------------------------------------------------------------

@@ -7,32 +7,24 @@ connection per thread and per process.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from flask import current_app
 
 from ..recognizer import FaceRecognizer
-from .inputs import Upload
 from .keys import KeyStore
 from ..settings import Settings
 
 EXTENSION = "facerec"
 
 
+@dataclass(eq=False)
 class FaceRecService:
-    def __init__(self, settings: Settings, recognizer: FaceRecognizer, gallery: Any, keys: KeyStore | None):
-        self.settings = settings
-        self.recognizer = recognizer
-        self.gallery = gallery
-        self.keys = keys
-
-    def decode(self, upload: Upload) -> np.ndarray:
-        """BGR array of an upload, within the byte and pixel limits (400/413/415 otherwise)."""
-        return self.recognizer.load_image(upload.data)
-
-    def max_faces(self, requested: int | None) -> int:
-        return min(requested or self.settings.max_faces, self.settings.max_faces)
+    settings: Settings
+    recognizer: FaceRecognizer
+    gallery: Any
+    keys: KeyStore | None
 
     def close(self) -> None:
         close = getattr(self.gallery, "close", None)

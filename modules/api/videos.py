@@ -35,16 +35,15 @@ from flask import Response, current_app, request, send_file, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import InvalidRequestError, NotFoundError, UnauthorizedError
+from ..errors import InvalidRequestError, NotFoundError, UnauthorizedError, UnsupportedMediaError
 from ..jobs import MJPEG_MIMETYPE, ChunkPolicy, JobLimits, JobManager, validate_job_id
 from ..video.config import VideoConfig
 from .auth import authenticate, authorize_gallery, current_key, public
-from .common import COMMON_ERRORS, CONFLICT, NOT_FOUND, SECURITY, UNAVAILABLE
+from .common import API_PREFIX, CONFLICT, NOT_FOUND, UNAVAILABLE, api_blueprint, binary_response
 from .inputs import decode_base64
 from .schemas import ErrorResponse
 from .service import get_service
 
-API_PREFIX = "/api/v1"
 EXTENSION = "facerec_videos"
 VIDEO_FIELDS = ("file", "video")
 TAG_VIDEOS = Tag(name="videos", description="Video jobs: per-frame and per-track recognition, annotated video, MJPEG")
@@ -86,21 +85,16 @@ class CropPath(JobPath):
     file: str = Field(min_length=1, max_length=200)
 
 
-class VideoUploadForm(BaseModel):
-    file: Any = Field(
-        description="the video file (MP4, MOV, AVI, MKV, WebM...)",
-        json_schema_extra={"type": "string", "format": "binary"},
-    )
-    gallery: str | None = Field(
-        None, description="gallery to recognize against (default: the server's default gallery)"
-    )
+class VideoUploadJSON(BaseModel):
+    file: str | None = Field(None, description="the video file, base64 (the original clients' shape); also `video`")
+    gallery: str | None = Field(None, description="gallery to recognize against (default: the server's default"
+                                " gallery)")
     decision: str | None = Field(None, description="`mean` or `vote`")
 
 
-class VideoUploadJSON(BaseModel):
-    file: str | None = Field(None, description="the video file, base64 (the original clients' shape); also `video`")
-    gallery: str | None = None
-    decision: str | None = None
+class VideoUploadForm(VideoUploadJSON):
+    file: Any = Field(description="the video file (MP4, MOV, AVI, MKV, WebM...)",
+                      json_schema_extra={"type": "string", "format": "binary"})
 
 
 class VideoJob(_Out):
@@ -141,18 +135,11 @@ class TracksResponse(_Out):
     tracks: list[dict[str, Any]]
 
 
-MP4_RESPONSE = {
-    "description": "the annotated video (MPEG-4)",
-    "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}},
-}
-JPEG_RESPONSE = {
-    "description": "a JPEG crop",
-    "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
-}
-MJPEG_RESPONSE = {
-    "description": "`multipart/x-mixed-replace` stream of JPEG frames (use as `<img src=...>`)",
-    "content": {"multipart/x-mixed-replace": {"schema": {"type": "string", "format": "binary"}}},
-}
+MP4_RESPONSE = binary_response("video/mp4", "the annotated video (MPEG-4)")
+JPEG_RESPONSE = binary_response("image/jpeg", "a JPEG crop")
+MJPEG_RESPONSE = binary_response(
+    "multipart/x-mixed-replace", "`multipart/x-mixed-replace` stream of JPEG frames (use as `<img src=...>`)"
+)
 
 
 def get_manager() -> JobManager:
@@ -205,8 +192,6 @@ def _read_upload(limit: int) -> tuple[Any, str | None, dict[str, Any]]:
                 fields = {k: v for k, v in body.items() if k not in VIDEO_FIELDS}
                 return data, body.get("filename"), fields
         raise InvalidRequestError("no video in the request: send JSON {'file': <base64>}")
-    from ..errors import UnsupportedMediaError
-
     raise UnsupportedMediaError(
         f"content type {mimetype or '(none)'!r} is not supported; send multipart/form-data with a 'file' part"
         " or JSON with a base64 'file'"
@@ -217,14 +202,7 @@ def create_blueprint(
     *, limits: JobLimits | None = None, video_config: VideoConfig | None = None, manager: JobManager | None = None
 ) -> APIBlueprint:
     """The ``/api/v1/videos`` blueprint; its job manager is created when the app registers it."""
-    bp = APIBlueprint(
-        "videos",
-        __name__,
-        url_prefix=API_PREFIX,
-        abp_tags=[TAG_VIDEOS],
-        abp_responses=COMMON_ERRORS,
-        abp_security=SECURITY,
-    )
+    bp = api_blueprint("videos", __name__, url_prefix=API_PREFIX, abp_tags=[TAG_VIDEOS])
 
     def _init(state: Any) -> None:
         app = state.app
@@ -240,17 +218,9 @@ def create_blueprint(
         store = open_job_store(settings.jobs_database)
         try:
             app.extensions[EXTENSION] = JobManager(
-                settings.jobs_dir,
-                svc.recognizer,
-                limits=limits or settings.video,
-                video_config=video_config,
-                config_name=settings.config,
-                gallery_location=settings.gallery_location,
-                store=store,
-                own_store=True,
-                queue_url=settings.queue_url,
-                queue=settings.queue,
-                chunking=ChunkPolicy.from_settings(settings),
+                settings.jobs_dir, svc.recognizer, limits=limits or settings.video, video_config=video_config,
+                config_name=settings.config, gallery_location=settings.gallery_location, store=store, own_store=True,
+                queue_url=settings.queue_url, queue=settings.queue, chunking=ChunkPolicy.from_settings(settings),
             )
         except BaseException:
             store.close()
@@ -258,20 +228,11 @@ def create_blueprint(
 
     bp.record_once(_init)
 
-    @bp.post(
-        "/videos",
-        operation_id="create_video_job",
-        responses={202: VideoJob, **UPLOAD_ERRORS, **NOT_FOUND},
-        openapi_extensions={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "multipart/form-data": {"schema": VideoUploadForm.model_json_schema()},
-                    "application/json": {"schema": VideoUploadJSON.model_json_schema()},
-                },
-            }
-        },
-    )
+    upload_body = {"multipart/form-data": {"schema": VideoUploadForm.model_json_schema()},
+                   "application/json": {"schema": VideoUploadJSON.model_json_schema()}}
+
+    @bp.post("/videos", responses={202: VideoJob, **UPLOAD_ERRORS, **NOT_FOUND},
+             openapi_extensions={"requestBody": {"required": True, "content": upload_body}})
     def create_video_job():
         """Upload a video: 202 with the job id; it is processed in the background
 
@@ -296,19 +257,19 @@ def create_blueprint(
         resp = _with_links(job)
         return resp, 202, {"Location": resp["links"]["self"]}
 
-    @bp.get("/videos", operation_id="list_video_jobs", responses={200: VideoJobList})
+    @bp.get("/videos", responses={200: VideoJobList})
     def list_video_jobs():
         """List video jobs (of the galleries the API key may use)"""
         key = current_key()
         jobs = [j for j in get_manager().list() if key is None or key.allows(j.get("gallery") or "")]
         return {"jobs": jobs}
 
-    @bp.get("/videos/<job_id>", operation_id="get_video_job", responses={200: VideoJob, **NOT_FOUND})
+    @bp.get("/videos/<job_id>", responses={200: VideoJob, **NOT_FOUND})
     def get_video_job(path: JobPath):
         """Status and progress of a video job"""
         return _with_links(_job_for_caller(path.job_id))
 
-    @bp.get("/videos/<job_id>/frames", operation_id="get_video_frames", responses={200: FramesResponse, **NOT_FOUND})
+    @bp.get("/videos/<job_id>/frames", responses={200: FramesResponse, **NOT_FOUND})
     def get_video_frames(path: JobPath, query: FramesQuery):
         """Per-frame results: `{"frame", "time_s", "faces": [{"track_id", "box", "name", "similarity"}]}`
 
@@ -317,30 +278,17 @@ def create_blueprint(
         _job_for_caller(path.job_id)
         frames, job = get_manager().frames(path.job_id, query.offset, query.limit)
         nxt = query.offset + len(frames) if len(frames) == query.limit else None
-        return {
-            "job_id": job["job_id"],
-            "status": job["status"],
-            "offset": query.offset,
-            "frames": frames,
-            "next_offset": nxt,
-        }
+        return {"job_id": job["job_id"], "status": job["status"], "offset": query.offset, "frames": frames,
+                "next_offset": nxt}
 
-    @bp.get(
-        "/videos/<job_id>/tracks",
-        operation_id="get_video_tracks",
-        responses={200: TracksResponse, **NOT_FOUND, **CONFLICT},
-    )
+    @bp.get("/videos/<job_id>/tracks", responses={200: TracksResponse, **NOT_FOUND, **CONFLICT})
     def get_video_tracks(path: JobPath):
         """Per-track summary: name, first and last frame, best crop, name history (409 until the job ends)"""
         _job_for_caller(path.job_id)
         tracks, job = get_manager().tracks(path.job_id)
         return {"job_id": job["job_id"], "status": job["status"], "tracks": tracks}
 
-    @bp.get(
-        "/videos/<job_id>/video",
-        operation_id="get_video_annotated",
-        responses={200: MP4_RESPONSE, **NOT_FOUND, **CONFLICT},
-    )
+    @bp.get("/videos/<job_id>/video", responses={200: MP4_RESPONSE, **NOT_FOUND, **CONFLICT})
     @public
     def get_video_annotated(path: JobPath, query: VideoQuery):
         """The annotated video, H.264 MP4 (409 until the job is done)
@@ -360,11 +308,7 @@ def create_blueprint(
             p, mimetype="video/mp4", as_attachment=query.download, download_name=f"{job_id}.mp4", conditional=True
         )
 
-    @bp.get(
-        "/videos/<job_id>/crops/<name>/<file>",
-        operation_id="get_video_crop",
-        responses={200: JPEG_RESPONSE, **NOT_FOUND, **CONFLICT},
-    )
+    @bp.get("/videos/<job_id>/crops/<name>/<file>", responses={200: JPEG_RESPONSE, **NOT_FOUND, **CONFLICT})
     def get_video_crop(path: CropPath):
         """A track's best crop (the `best_crop` of `/tracks`)"""
         _job_for_caller(path.job_id)
@@ -373,7 +317,7 @@ def create_blueprint(
             raise NotFoundError("no such crop")
         return send_file(p, mimetype="image/jpeg")
 
-    @bp.get("/videos/<job_id>/stream", operation_id="stream_video_job", responses={200: MJPEG_RESPONSE, **NOT_FOUND})
+    @bp.get("/videos/<job_id>/stream", responses={200: MJPEG_RESPONSE, **NOT_FOUND})
     @public
     def stream_video_job(path: JobPath, query: StreamQuery):
         """MJPEG stream of the annotated frames for an `<img>` tag (like the original `/video_feed`)
@@ -385,13 +329,10 @@ def create_blueprint(
         job_id = validate_job_id(path.job_id)
         if get_service().keys is not None:
             _check_stream_token(job_id, query.token)
-        gen = mgr.stream(job_id)
-        resp = Response(stream_with_context(gen), mimetype=MJPEG_MIMETYPE)
-        resp.headers["Cache-Control"] = "no-cache, no-store"
-        resp.headers["X-Accel-Buffering"] = "no"
-        return resp
+        headers = {"Cache-Control": "no-cache, no-store", "X-Accel-Buffering": "no"}
+        return Response(stream_with_context(mgr.stream(job_id)), mimetype=MJPEG_MIMETYPE, headers=headers)
 
-    @bp.delete("/videos/<job_id>", operation_id="cancel_video_job", responses={200: VideoJob, **NOT_FOUND})
+    @bp.delete("/videos/<job_id>", responses={200: VideoJob, **NOT_FOUND})
     def cancel_video_job(path: JobPath, query: DeleteQuery):
         """Cancel a queued or running job (results so far are kept); `purge=true` deletes an ended job"""
         _job_for_caller(path.job_id)

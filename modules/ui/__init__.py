@@ -23,6 +23,7 @@ This is a plain Flask ``Blueprint`` so nothing here appears in ``/openapi.json``
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -52,19 +53,13 @@ CSP = (
     "form-action 'self'; frame-ancestors 'self'"
 )
 
-_versions: dict[str, str] = {}
-
-
+@functools.cache
 def _static_version(filename: str) -> str:
     """A short content hash for cache busting (``?v=``); computed once per file and process."""
-    v = _versions.get(filename)
-    if v is None:
-        try:
-            v = hashlib.sha256((STATIC_DIR / filename).read_bytes()).hexdigest()[:10]
-        except OSError:
-            v = "0"
-        _versions[filename] = v
-    return v
+    try:
+        return hashlib.sha256((STATIC_DIR / filename).read_bytes()).hexdigest()[:10]
+    except OSError:
+        return "0"
 
 
 def _static_url(filename: str) -> str:
@@ -74,10 +69,8 @@ def _static_url(filename: str) -> str:
 def _page_context(active: str) -> dict[str, Any]:
     svc = current_app.extensions.get("facerec")
     settings = getattr(svc, "settings", None)
-    video_limit = None
     videos = current_app.extensions.get("facerec_videos")
-    if videos is not None:
-        video_limit = getattr(getattr(videos, "limits", None), "max_upload_bytes", None)
+    video_limit = getattr(getattr(videos, "limits", None), "max_upload_bytes", None)
     return {
         "active": active,
         "pages": PAGES,
@@ -92,10 +85,8 @@ def _page_context(active: str) -> dict[str, Any]:
 
 def _render(template: str, active: str, title: str):
     resp = current_app.make_response(render_template(template, title=title, **_page_context(active)))
-    resp.headers["Content-Security-Policy"] = CSP
-    resp.headers["X-Content-Type-Options"] = "nosniff"
-    resp.headers["Referrer-Policy"] = "same-origin"
-    resp.headers["Cache-Control"] = "no-cache"
+    resp.headers.update({"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+                         "Referrer-Policy": "same-origin", "Cache-Control": "no-cache"})
     return resp
 
 
@@ -104,35 +95,17 @@ def create_blueprint() -> Blueprint:
     bp = Blueprint("ui", __name__, template_folder=str(TEMPLATE_DIR), static_folder=None)
 
     @bp.get("/")
+    @bp.get("/ui")
+    @bp.get("/ui/")
     @public
     def index():
         return redirect(url_for("ui.gallery"))
 
-    @bp.get("/ui")
-    @bp.get("/ui/")
-    @public
-    def ui_index():
-        return redirect(url_for("ui.gallery"))
+    def page(endpoint: str, title: str):
+        return public(lambda: _render(f"ui/{endpoint}.html", endpoint, title))
 
-    @bp.get("/ui/gallery")
-    @public
-    def gallery():
-        return _render("ui/gallery.html", "gallery", "Gallery")
-
-    @bp.get("/ui/photo")
-    @public
-    def photo():
-        return _render("ui/photo.html", "photo", "Photo")
-
-    @bp.get("/ui/video")
-    @public
-    def video():
-        return _render("ui/video.html", "video", "Video")
-
-    @bp.get("/ui/webcam")
-    @public
-    def webcam():
-        return _render("ui/webcam.html", "webcam", "Webcam")
+    for endpoint, path, title in PAGES:
+        bp.add_url_rule(path, endpoint, page(endpoint, title), methods=["GET"])
 
     @bp.get("/ui/static/<path:filename>")
     @public
