@@ -226,6 +226,11 @@ class FaceRecognizer:
             raise InvalidRequestError("this recognizer has no gallery; pass gallery=... to FaceRecognizer")
         return self.gallery
 
+    def open_set_threshold(self, gallery: str = "default") -> tuple[int, float]:
+        """How many people a search of ``gallery`` can return, and the open-set threshold for that many."""
+        n = self._require_gallery().num_people(gallery)
+        return n, float(self.matcher.decide([], n).threshold)
+
     def identify_embeddings(
         self, embeddings: np.ndarray, gallery: str = "default", top_k: int | None = None
     ) -> list[Identification]:

@@ -58,9 +58,8 @@ class Judge:
 
     def facts(self) -> dict[str, Any]:
         """The gallery's size and the open-set threshold for it, for summaries."""
-        store = self.rec.gallery
-        n = store.num_people(self.gallery_name) if store is not None else 0
-        return {"gallery_people": n, "threshold": round(float(self.rec.matcher.decide([], n).threshold), 4)}
+        n, threshold = self.rec.open_set_threshold(self.gallery_name)
+        return {"gallery_people": n, "threshold": round(threshold, 4)}
 
     def rule(self, cands: list[Candidate], relaxed: bool = False) -> Decision:
         """The open-set decision; ``relaxed`` (aggregated evidence only) allows the ratio-test margin."""
