@@ -30,7 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import StaticPool
 
 from ..errors import ConfigError, NotFoundError
-from .engine import database_url, get_engine, is_sqlite, read as read_tx, safe_url, write as write_tx
+from .engine import database_url, get_engine, is_sqlite, safe_url, transaction
 from .migrate import prepare
 
 __all__ = ["ACTIVE", "JobNotFoundError", "JobStore", "Tx", "now_iso", "open_job_store"]
@@ -250,7 +250,7 @@ class JobStore:
             engine = _empty()
         else:
             engine = self._engine or self._open()
-        with (write_tx if write else read_tx)(engine, "job database") as conn:
+        with transaction(engine, "job database", write=write) as conn:
             yield Tx(self, conn)
 
     def close(self) -> None:

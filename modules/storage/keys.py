@@ -23,7 +23,7 @@ from sqlalchemy import Column, Integer, MetaData, Table, Text, func, inspect, se
 
 from ..errors import InvalidRequestError, NotFoundError
 from .records import validate_name
-from .engine import get_engine, is_sqlite, read, write
+from .engine import get_engine, is_sqlite, read, transaction
 from .migrate import prepare
 
 KEY_PREFIX = "frk"
@@ -87,7 +87,7 @@ class KeyStore:
         key = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
         record = ApiKey(id=key_id, galleries=tuple(dict.fromkeys(scope)), admin=admin, label=label, created_at=_now())
         row = {**asdict(record), "galleries": json.dumps(list(record.galleries)), "admin": int(admin)}
-        with write(self.engine, WHAT) as conn:
+        with transaction(self.engine, WHAT) as conn:
             conn.execute(api_keys.insert().values({**row, "key_sha256": hash_key(key)}))
         return key, record
 
@@ -108,7 +108,7 @@ class KeyStore:
 
     def revoke(self, key_id: str) -> None:
         stmt = update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-        with write(self.engine, WHAT) as conn:
+        with transaction(self.engine, WHAT) as conn:
             if conn.execute(stmt.values(revoked_at=_now())).rowcount == 0:
                 raise NotFoundError(f"no active key with id {key_id!r}")
 

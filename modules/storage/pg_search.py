@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, exc as sa_exc, inspect, text
+from sqlalchemy import Connection, exc as sa_exc, text
 
 from ..errors import ConfigError, FaceRecError
 from ..face import Candidate
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 MIN_PGVECTOR = (0, 5, 0)
 MAX_EF_SEARCH = 1000  # pgvector's limit for hnsw.ef_search
-LEGACY_SCHEMA = 1  # the last version in gallery_schema_migrations before Alembic
 _EXTENSION_LOCK = 0x6661636572656301  # advisory lock key: "facerec" + 1
 
 
@@ -124,20 +123,10 @@ class PostgresGallery(GalleryStore):
                               " ALTER EXTENSION vector UPDATE")
         super()._prepare()
 
-    def _legacy_revision(self, conn: Connection) -> str | None:
-        if not inspect(conn).has_table("gallery_schema_migrations"):
-            return None
-        version = conn.execute(text("SELECT max(version) FROM gallery_schema_migrations")).scalar()
-        if version is not None and int(version) > LEGACY_SCHEMA:
-            raise ConfigError(f"gallery database {self} has schema version {version}, newer than this code"
-                              f" supports ({LEGACY_SCHEMA}); upgrade the code")
-        return None if version is None else "gallery_0001"
-
-    def _next_generation(self, conn: Connection) -> int:
-        return conn.execute(text("SELECT nextval('gallery_generation')")).scalar()
-
-    def _generation(self, conn: Connection) -> int:
-        return conn.execute(text("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM gallery_generation")).scalar()
+    NEXT_GENERATION_SQL = "SELECT nextval('gallery_generation')"
+    GENERATION_SQL = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM gallery_generation"
+    LEGACY_TABLE, LEGACY_SCHEMA = "gallery_schema_migrations", 1
+    LEGACY_VERSION_SQL = "SELECT max(version) FROM gallery_schema_migrations"
 
     def _after_commit(self, tx: Tx) -> None:
         for gid in tx.grew:

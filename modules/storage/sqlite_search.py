@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, LargeBinary, inspect, select, text, type_coerce
+from sqlalchemy import Connection, LargeBinary, select, text, type_coerce
 
-from ..errors import ConfigError
 from ..face import Candidate
 from .ann import AnnIndex, HnswParams, NeedsRebuild, RWLock, hnswlib_available
 from .engine import database_url
@@ -39,7 +38,6 @@ from .tables import faces, galleries, people
 log = logging.getLogger(__name__)
 
 DELETIONS_KEEP = 200_000  # tombstones kept; an index older than the pruned ones is rebuilt
-LEGACY_SCHEMA = 2  # the last schema_version of the SQLite gallery before Alembic
 
 
 def rank_people(
@@ -182,22 +180,10 @@ class SQLiteGallery(GalleryStore):
         return f"SQLiteGallery({str(self.path)!r})"
 
     # --- the store's hooks -----------------------------------------------------------------------------
-    def _legacy_revision(self, conn: Connection) -> str | None:
-        if not inspect(conn).has_table("meta"):
-            return None
-        version = conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar()
-        if version is None:
-            return None
-        if int(version) > LEGACY_SCHEMA:
-            raise ConfigError(f"gallery database {self.path} has schema version {version}, newer than this code"
-                              f" supports ({LEGACY_SCHEMA}); upgrade the code")
-        return "gallery_0001"
-
-    def _next_generation(self, conn: Connection) -> int:
-        return conn.execute(text("UPDATE meta SET value = value + 1 WHERE key = 'generation' RETURNING value")).scalar()
-
-    def _generation(self, conn: Connection) -> int:
-        return conn.execute(text("SELECT value FROM meta WHERE key = 'generation'")).scalar()
+    NEXT_GENERATION_SQL = "UPDATE meta SET value = value + 1 WHERE key = 'generation' RETURNING value"
+    GENERATION_SQL = "SELECT value FROM meta WHERE key = 'generation'"
+    LEGACY_TABLE, LEGACY_SCHEMA = "meta", 2
+    LEGACY_VERSION_SQL = "SELECT value FROM meta WHERE key = 'schema_version'"
 
     def _before_commit(self, tx: Tx) -> None:
         if tx.generation % 1024 == 0:

@@ -1,7 +1,4 @@
-"""keys: the baseline, the schema as it was when migrations moved to Alembic.
-
-A new database gets the current tables from the store's metadata and is stamped at the head; a
-database written before is recognised by the store's legacy check and stamped here.
+"""keys: the baseline, the schema when migrations moved to Alembic (what a legacy check stamps).
 
 Revision ID: keys_0001
 """
