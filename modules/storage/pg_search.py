@@ -1,22 +1,11 @@
 """Search of the PostgreSQL gallery with pgvector: several API servers against one database.
 
-Nothing is cached in the process: every search is one SQL query, so an
-enrollment committed by any server is seen by the next search of every other
-server at once.  Search is exact (every face of the gallery, grouped per person
-in SQL) until the gallery has ``ann_threshold`` faces; then a partial HNSW index
-of that gallery alone, ``faces_hnsw_g<gallery id>_d<dim>`` on
-``(embedding::vector(<dim>)) vector_cosine_ops WHERE gallery_id = <id> AND dim =
-<dim>``, is built (``CREATE INDEX CONCURRENTLY``: enrollment and search go on
-meanwhile; one server builds it, under an advisory lock) and search asks it for
-the ``top_k * overfetch`` nearest faces with ``hnsw.ef_search`` set, keeping each
-person's best face; a near-tie between the top two people (where a narrow beam
-errs) is searched again with ``ef_search`` 1000.  One index per gallery means a
-search never wades through other galleries' faces (pgvector 0.6 filters *after*
-the index scan).
-
-The ``vector`` extension is created if missing (that needs the right to do so;
-otherwise a DBA runs ``CREATE EXTENSION vector``).  pgvector 0.5 or newer is
-required (HNSW).
+Nothing is cached in the process: every search is one SQL query, so an enrollment committed by any server
+is seen by the next search of every other.  Search is exact until a gallery has ``ann_threshold`` faces;
+then it goes through a partial HNSW index of that gallery alone (``faces_hnsw_g<id>_d<dim>``, built
+``CONCURRENTLY`` by one server under an advisory lock), because pgvector 0.6 filters *after* the index scan.
+pgvector 0.5 or newer is required; the extension is created if this user may (else: ``CREATE EXTENSION
+vector`` by a DBA).
 """
 from __future__ import annotations
 
@@ -34,7 +23,7 @@ from ..errors import ConfigError, FaceRecError
 from ..face import Candidate
 from .engine import db_error, safe_url
 from .gallery import GalleryStore, Tx
-from .records import gallery_not_found, mismatch_error, validate_name
+from .records import as_queries, gallery_not_found, mismatch_error, validate_name
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +55,10 @@ class PostgresGallery(GalleryStore):
 
     backend = "postgresql"
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        ann_autobuild: str = "background",
-        hnsw_m: int = 16,
-        hnsw_ef_construction: int = 64,
-        ef_search: int = 100,
-        overfetch: int = 4,
-        refine_margin: float = 0.1,
-        refine_ef: int = MAX_EF_SEARCH,
-        maintenance_work_mem: str = "1GB",
-        build_workers: int | None = None,
-        **options: Any,
-    ):
+    def __init__(self, url: str, *, ann_autobuild: str = "background", hnsw_m: int = 16,
+                 hnsw_ef_construction: int = 64, ef_search: int = 100, overfetch: int = 4, refine_margin: float = 0.1,
+                 refine_ef: int = MAX_EF_SEARCH, maintenance_work_mem: str = "1GB", build_workers: int | None = None,
+                 **options: Any):
         if ann_autobuild not in ("background", "sync", "off"):
             raise ConfigError(f"ann_autobuild must be 'background', 'sync' or 'off', got {ann_autobuild!r}")
         self.url = str(url).strip()
@@ -105,7 +83,8 @@ class PostgresGallery(GalleryStore):
     def _prepare(self) -> None:
         with self.engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _EXTENSION_LOCK})
-            version = conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar()
+            installed = text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+            version = conn.execute(installed).scalar()
             if version is None:
                 try:
                     with conn.begin_nested():
@@ -116,7 +95,7 @@ class PostgresGallery(GalleryStore):
                         f" ({type(exc.orig).__name__}: {str(exc.orig).strip()}); install pgvector >= 0.5 on the"
                         " server and run CREATE EXTENSION vector as its owner"
                     ) from exc
-                version = conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar()
+                version = conn.execute(installed).scalar()
         self.pgvector_version = str(version)
         if _version_tuple(self.pgvector_version) < MIN_PGVECTOR:
             raise ConfigError(f"pgvector {version} is too old: the gallery needs 0.5 or newer (HNSW);"
@@ -164,9 +143,10 @@ class PostgresGallery(GalleryStore):
 
     # --- search -------------------------------------------------------------------------------------------
     @staticmethod
-    def _search_state(conn: Connection, gallery: str, dim: int) -> tuple[int, dict[tuple[str, int], int], bool, int]:
-        """The gallery's id, its faces per (embedder, dim), whether its HNSW index for ``dim`` is usable,
-        and its people with faces."""
+    def _search_state(conn: Connection, gallery: str,
+                      dim: int) -> tuple[int, dict[tuple[str, int], int], bool, int]:
+        """The gallery's id, faces per (embedder, dim), whether its HNSW index for ``dim`` is usable, and its
+        people with faces."""
         row = conn.execute(text(
             "SELECT g.id, g.people_with_faces,"
             " (SELECT coalesce(json_agg(json_build_array(e.embedder, e.dim, e.faces)), '[]'::json)"
@@ -220,12 +200,11 @@ class PostgresGallery(GalleryStore):
             "  ORDER BY f.person_id, d, f.id) b"
             " JOIN people p ON p.id = b.person_id ORDER BY b.d, b.person_id LIMIT :k"), {"q": qtext, "k": top_k}).all()
 
-    def _ann_query(self, conn: Connection, gid: int, dim: int, qtext: str, top_k: int, n_faces: int, ef: int) -> list[Any]:
-        """The ``fetch`` nearest faces from the gallery's HNSW index, best face per person, top ``top_k``.
-
-        The gallery id and dim are literals so the planner can match the partial index; if the nearest
-        faces belong to fewer than ``top_k`` people, fetch more (exact past pgvector's ef_search limit).
-        """
+    def _ann_query(self, conn: Connection, gid: int, dim: int, qtext: str, top_k: int, n_faces: int,
+                   ef: int) -> list[Any]:
+        """The nearest faces from the gallery's HNSW index, best face per person, top ``top_k``.  The gallery
+        id and dim are literals so the planner matches the partial index; if the nearest faces belong to fewer
+        than ``top_k`` people, fetch more (exact past pgvector's ef_search limit)."""
         fetch = max(top_k * self.overfetch, 16)
         vec = f"vector({int(dim)})"
         while True:
@@ -246,8 +225,6 @@ class PostgresGallery(GalleryStore):
 
     def explain_search(self, gallery: str, query: Any, top_k: int = 1) -> str:
         """The query plan of one search (to check that the HNSW index is used)."""
-        from .records import as_queries
-
         q = as_queries(query)[0]
         dim = int(q.shape[0])
         vec = f"vector({dim})"
@@ -303,11 +280,8 @@ class PostgresGallery(GalleryStore):
         return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
     def ensure_ann_index(self, gallery: str, *, concurrently: bool = True) -> dict[str, Any]:
-        """Build the gallery's HNSW index if it has none (one builder at a time across servers).
-
-        ``CREATE INDEX CONCURRENTLY`` lets enrollment and (exact) search go on meanwhile; an index
-        left invalid by an interrupted build is dropped and rebuilt.  Returns what was done.
-        """
+        """Build the gallery's HNSW index if it has none (one builder at a time across servers; an index left
+        invalid by an interrupted build is rebuilt); returns what was done."""
         gallery = validate_name(gallery, "gallery name")
         with self._read() as conn:
             gid = self._gallery_id(conn, gallery)
@@ -322,8 +296,8 @@ class PostgresGallery(GalleryStore):
                 if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), lock).scalar():
                     return {"gallery": gallery, "built": False, "reason": "being built by another process"}
                 try:
-                    valid = conn.execute(text("SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(:n)"),
-                                         {"n": name}).first()
+                    valid = conn.execute(text("SELECT i.indisvalid FROM pg_index i"
+                                              " WHERE i.indexrelid = to_regclass(:n)"), {"n": name}).first()
                     if valid is not None and valid[0]:
                         return {"gallery": gallery, "built": False, "reason": "exists", "index": name}
                     if valid is not None:  # left invalid by an interrupted concurrent build
