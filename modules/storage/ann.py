@@ -53,15 +53,13 @@ class RWLock:
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
+        self._readers = self._waiting_writers = 0
         self._writer = False
-        self._waiting_writers = 0
 
     @contextmanager
     def read(self) -> Iterator[None]:
         with self._cond:
-            while self._writer or self._waiting_writers:
-                self._cond.wait()
+            self._cond.wait_for(lambda: not (self._writer or self._waiting_writers))
             self._readers += 1
         try:
             yield
@@ -75,8 +73,7 @@ class RWLock:
     def write(self) -> Iterator[None]:
         with self._cond:
             self._waiting_writers += 1
-            while self._writer or self._readers:
-                self._cond.wait()
+            self._cond.wait_for(lambda: not (self._writer or self._readers))
             self._waiting_writers -= 1
             self._writer = True
         try:

@@ -1,16 +1,9 @@
-"""One SQLAlchemy engine per database, shared by every store of the process.
+"""One SQLAlchemy engine per database, shared by every store of the process; dialect set-up through events.
 
-What differs per dialect is set up here through engine events, so the stores only speak SQLAlchemy Core:
-
-* **SQLite**: WAL, ``synchronous=FULL``, foreign keys and a busy timeout on every connection; pysqlite's
-  transaction handling is off and a transaction begins with ``BEGIN`` (reads: a consistent snapshot) or
-  ``BEGIN IMMEDIATE`` (writes: the lock is taken first, so a read-then-write never fails on a lock
-  upgrade).  A new file is created ``0600`` in a folder created ``0700``: it holds biometric data.
-* **PostgreSQL** (psycopg 3, pooled, ``pool_pre_ping``): every connection gets a ``lock_timeout``, so a
-  writer stuck behind another becomes a 503, not a hung request.
-
-A forked child never uses its parent's pooled connections: they are dropped without being closed
-(``Engine.dispose(close=False)``, SQLAlchemy's recipe).
+SQLite: WAL, ``synchronous=FULL``, foreign keys, a busy timeout; a write begins with ``BEGIN IMMEDIATE`` (the
+lock first, so a read-then-write never fails on a lock upgrade); a new file is ``0600`` (biometric data).
+PostgreSQL (psycopg 3, pooled): a ``lock_timeout``, so a writer stuck behind another gets a 503, not a hang.
+A forked child drops its parent's pooled connections without closing them (SQLAlchemy's recipe).
 """
 from __future__ import annotations
 

@@ -9,8 +9,10 @@ changed.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,7 +33,7 @@ from .tables import TABLES, faces, galleries, gallery_embedders as ge, people
 
 _FACES_FROM = faces.join(people, people.c.id == faces.c.person_id).join(galleries,
                                                                         galleries.c.id == faces.c.gallery_id)
-_FACE_COLUMNS = (
+_FACE_COLUMNS = (  # FaceInfo's fields, in order, but the embedding
     faces.c.id, faces.c.person_id, people.c.name, galleries.c.name, faces.c.embedder, faces.c.dim,
     faces.c.created_at, faces.c.crop_png.isnot(None), faces.c.source, faces.c.source_sha256, faces.c.box,
     faces.c.landmarks, faces.c.det_score,
@@ -39,14 +41,14 @@ _FACE_COLUMNS = (
 _PERSON_COLUMNS = (people.c.id, people.c.name, people.c.created_at, people.c.metadata, people.c.num_faces)
 
 
+@dataclass
 class Tx:
     """A write transaction: its connection, its generation and the galleries it changed."""
 
-    def __init__(self, conn: Connection, generation: int):
-        self.conn = conn
-        self.generation = int(generation)
-        self.touched: set[int] = set()
-        self.grew: set[int] = set()  # galleries that got faces (PostgreSQL: may need their HNSW index now)
+    conn: Connection
+    generation: int
+    touched: set[int] = field(default_factory=set)
+    grew: set[int] = field(default_factory=set)  # galleries that got faces (PostgreSQL: may need their HNSW index now)
 
     def touch(self, gallery_id: int, grew: bool = False) -> None:
         self.touched.add(int(gallery_id))
@@ -60,15 +62,12 @@ def _person_info(gallery: str, row: Sequence[Any]) -> PersonInfo:
                       metadata=metadata or None)
 
 
-def _face_info(row: Sequence[Any], embedding: Any = None) -> FaceInfo:
-    import json
-
-    return FaceInfo(
-        id=int(row[0]), person_id=int(row[1]), person=row[2], gallery=row[3], embedder=row[4], dim=int(row[5]),
-        created_at=row[6], has_crop=bool(row[7]), source=row[8], source_sha256=row[9],
-        box=json.loads(row[10]) if row[10] else None, landmarks=json.loads(row[11]) if row[11] else None,
-        det_score=row[12], embedding=embedding,
-    )
+def _face_info(row: Any) -> FaceInfo:
+    """From ``_FACE_COLUMNS`` and the embedding (or a null)."""
+    info = FaceInfo(*row)
+    info.box, info.landmarks = (json.loads(v) if v else None for v in (info.box, info.landmarks))
+    info.has_crop = bool(info.has_crop)
+    return info
 
 
 class GalleryStore(Maintenance):
@@ -126,9 +125,6 @@ class GalleryStore(Maintenance):
     def _search(self, gallery: str, q: np.ndarray, embedder_id: str, top_k: int) -> tuple[list[list[Candidate]], int]:
         raise NotImplementedError
 
-    def _before_commit(self, tx: Tx) -> None:
-        pass
-
     def _after_commit(self, tx: Tx) -> None:
         pass
 
@@ -159,7 +155,6 @@ class GalleryStore(Maintenance):
                 conn.execute(
                     update(galleries).where(galleries.c.id.in_(sorted(tx.touched))).values(generation=tx.generation)
                 )
-            self._before_commit(tx)
         self._after_commit(tx)
 
     def _gallery_id(self, conn: Connection, name: str, *, lock: bool = False, create_at: int | None = None) -> int:
@@ -391,7 +386,7 @@ class GalleryStore(Maintenance):
                 select(*_FACE_COLUMNS, faces.c.embedding if with_embeddings else null())
                 .select_from(_FACES_FROM).where(faces.c.person_id == prow[0]).order_by(faces.c.id)
             ).all()
-        return [_face_info(r, r[13]) for r in rows]
+        return [_face_info(r) for r in rows]
 
     def _face_row(self, conn: Connection, face_id: Any, gallery: str | None, columns: Sequence[Any],
                   lock: bool = False) -> Sequence[Any]:
@@ -414,7 +409,7 @@ class GalleryStore(Maintenance):
         with self._read() as conn:
             row = self._face_row(conn, face_id, gallery,
                                  (*_FACE_COLUMNS, faces.c.embedding if with_embedding else null()))
-        return _face_info(row, row[13])
+        return _face_info(row)
 
     def get_face_crop(self, face_id: int, *, gallery: str | None = None) -> bytes:
         """The aligned crop as PNG bytes; :class:`FaceNotFoundError` if none is stored."""

@@ -1,11 +1,8 @@
 """API keys: random, shown once, stored only as SHA-256 hashes (``<data dir>/keys.db``).
 
-A key looks like ``frk_<id>_<secret>``: ``id`` (12 hex digits) finds the row,
-``secret`` (256 random bits) is what makes it unguessable.  Only
-``sha256(key)`` is stored; a high-entropy random key needs no slow password
-hash (the same reasoning as GitHub's and Stripe's tokens), and the comparison
-is constant-time.  Each key carries the galleries it may use (``*`` = all) and
-an admin flag (admin keys may delete galleries and re-embed them).
+A key is ``frk_<id>_<secret>``: ``id`` (12 hex digits) finds the row, ``secret`` (256 random bits) makes it
+unguessable, so a fast hash suffices (as for GitHub's and Stripe's tokens); the comparison is constant-time.
+Each key carries the galleries it may use (``*`` = all) and an admin flag (may delete and re-embed galleries).
 """
 from __future__ import annotations
 

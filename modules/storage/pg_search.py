@@ -46,12 +46,9 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 
 
 class PostgresGallery(GalleryStore):
-    """The gallery in the PostgreSQL database at ``url`` (``postgresql://user:pass@host:port/db``).
-
-    ``ann_autobuild`` says who builds a gallery's HNSW index when a write crosses ``ann_threshold``:
-    ``"background"`` (a thread of the writing process, default), ``"sync"`` (the write waits for
-    it) or ``"off"`` (only :meth:`ensure_ann_index`, e.g. from a maintenance job).
-    """
+    """The gallery in the PostgreSQL database at ``url``.  ``ann_autobuild``: who builds a gallery's HNSW index
+    when a write crosses ``ann_threshold``: ``"background"`` (a thread of the writer), ``"sync"`` (the write
+    waits) or ``"off"`` (only :meth:`ensure_ann_index`, e.g. from a maintenance job)."""
 
     backend = "postgresql"
 
@@ -258,8 +255,7 @@ class PostgresGallery(GalleryStore):
             self.ensure_ann_index(name)
             return
         with self._builds_lock:
-            running = self._builds.get(gid)
-            if running is not None and running.is_alive():
+            if gid in self._builds and self._builds[gid].is_alive():
                 return
 
             def build() -> None:

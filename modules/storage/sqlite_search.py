@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 from sqlalchemy import Connection, LargeBinary, select, text, type_coerce
 
 from ..face import Candidate
 from .ann import AnnIndex, HnswParams, NeedsRebuild, RWLock, hnswlib_available
 from .engine import database_url
-from .gallery import GalleryStore, Tx
+from .gallery import GalleryStore
 from .records import gallery_not_found, mismatch_error, validate_name
 from .tables import faces, galleries, people
 
@@ -157,9 +158,11 @@ class SQLiteGallery(GalleryStore):
     LEGACY_TABLE, LEGACY_SCHEMA = "meta", 2
     LEGACY_VERSION_SQL = "SELECT value FROM meta WHERE key = 'schema_version'"
 
-    def _before_commit(self, tx: Tx) -> None:
-        if tx.generation % 1024 == 0:
-            self._prune_deletions(tx.conn)
+    def _next_generation(self, conn: Connection) -> int:
+        generation = super()._next_generation(conn)
+        if generation % 1024 == 0:
+            self._prune_deletions(conn)
+        return generation
 
     @staticmethod
     def _prune_deletions(conn: Connection, keep: int = DELETIONS_KEEP) -> None:
@@ -272,9 +275,7 @@ class SQLiteGallery(GalleryStore):
             created = conn.execute(text("SELECT value FROM meta WHERE key = 'created_at'")).scalar()
         return {"db": str(created or ""), "gallery_id": gid}
 
-    def _file_lock(self, gid: int) -> Any:
-        from filelock import FileLock
-
+    def _file_lock(self, gid: int) -> FileLock:
         return FileLock(str(self.ann_dir / f"g{gid}.lock"))
 
     def _build_ann(self, gallery: str, m: _Matrix) -> AnnIndex:

@@ -1,7 +1,4 @@
-"""gallery: the baseline, the schema when migrations moved to Alembic (what a legacy check stamps).
-
-Revision ID: gallery_0001
-"""
+"""gallery_0001: the baseline, the schema when migrations moved to Alembic (what a legacy check stamps)."""
 revision = "gallery_0001"
 down_revision = None
 branch_labels = ("gallery",)

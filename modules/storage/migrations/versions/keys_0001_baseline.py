@@ -1,7 +1,4 @@
-"""keys: the baseline, the schema when migrations moved to Alembic (what a legacy check stamps).
-
-Revision ID: keys_0001
-"""
+"""keys_0001: the baseline, the schema when migrations moved to Alembic (what a legacy check stamps)."""
 revision = "keys_0001"
 down_revision = None
 branch_labels = ("keys",)
