@@ -1,7 +1,4 @@
-"""Storage: the SQL layer (SQLAlchemy Core + Alembic) and the persistent gallery of known people.
-
-``open_gallery(location)`` is the entry point; ``docs/scale.md`` compares the SQLite and PostgreSQL backends.
-"""
+"""Storage: the SQL layer (SQLAlchemy Core + Alembic) and the gallery of known people (see ``open_gallery``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,6 +27,5 @@ def open_gallery(location: str | Path, **options: Any) -> GalleryStore:
         return SQLiteGallery(location, **options)
     from .pg_search import PostgresGallery
 
-    options = dict(options)
-    options.pop("create", None)  # a PostgreSQL database is created by its administrator
-    return PostgresGallery(str(location), **options)
+    # a PostgreSQL database is created by its administrator
+    return PostgresGallery(str(location), **{k: v for k, v in options.items() if k != "create"})

@@ -40,14 +40,6 @@ class HnswParams:
         return self.refine_ef or int(min(16384, max(2048, n_faces // 100)))
 
 
-def hnswlib_available() -> bool:
-    try:
-        import hnswlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class RWLock:
     """Many readers or one writer (writers are not starved: new readers wait for a waiting writer)."""
 

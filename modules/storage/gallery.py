@@ -1,11 +1,8 @@
-"""The persistent gallery of known people, written once on SQLAlchemy Core for SQLite and PostgreSQL.
+"""The persistent gallery of known people, written once on SQLAlchemy Core; its subclasses in
+:mod:`~modules.storage.sqlite_search` and :mod:`~modules.storage.pg_search` only search.
 
-:class:`GalleryStore` holds everything but the search, which its two subclasses provide:
-:class:`~modules.storage.sqlite_search.SQLiteGallery` (an in-process matrix or HNSW index per gallery) and
-:class:`~modules.storage.pg_search.PostgresGallery` (pgvector, nothing cached).  Every write is one
-transaction (SQLite ``BEGIN IMMEDIATE``; PostgreSQL locks the gallery's row, so writes to one gallery are
-serialised and other galleries are written in parallel) with a new generation, stamped on the galleries it
-changed.
+Every write is one transaction (PostgreSQL locks the gallery's row: writes to one gallery are serialised,
+other galleries written in parallel) with a new generation, stamped on the galleries it changed.
 """
 from __future__ import annotations
 
@@ -331,7 +328,8 @@ class GalleryStore(Maintenance):
         return int(row[4])
 
     # --- faces --------------------------------------------------------------------------------------
-    def add_faces(self, gallery: str, person: str, faces: Sequence[NewFace], *, create_missing: bool = True) -> list[int]:
+    def add_faces(self, gallery: str, person: str, faces: Sequence[NewFace], *,
+                  create_missing: bool = True) -> list[int]:
         """Enroll ``faces`` for ``person`` (all or nothing); returns the new face ids."""
         ids = self.add_faces_many(gallery, {person: faces}, create_missing=create_missing)
         return ids[validate_name(person, "person name")]

@@ -1,10 +1,8 @@
 """Where video jobs live: state, progress, chunks and per-frame results, reachable by every server and worker.
 
-An SQLite file (``<data_dir>/jobs.db`` by default, created by the first write: one machine) or a PostgreSQL
-URL (the gallery's database: several machines).  ``video_jobs``: a row per job, the fields the executors
-coordinate on as columns, the rest a JSON document; ``video_chunks``: a row per frame range; ``video_frames``:
-a row per frame result.  Everything goes through :meth:`JobStore.tx`, one transaction, so a state change and
-the results it publishes are committed together; the rules (fencing of stale attempts...) are the job system's.
+An SQLite file (``<data_dir>/jobs.db``, created by the first write) or a PostgreSQL URL (several machines).
+``video_jobs``: the fields the executors coordinate on as columns, the rest a JSON document.  Everything goes
+through :meth:`JobStore.tx`, so a state change and the results it publishes are committed together.
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 :class:`~modules.storage.gallery.GalleryStore`, using its transactions and lookups)."""
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,8 @@ from sqlalchemy import Connection, bindparam, delete, func, select, update
 from . import legacy_pickles
 from .engine import safe_url
 from .migrate import head
-from .records import (embed_crops, mismatch_error, uncroppable_error, validate_embedder_id, validate_name,
-                      validate_reembed_args)
+from ..errors import InvalidRequestError
+from .records import embed_crops, mismatch_error, uncroppable_error, validate_embedder_id, validate_name
 from .tables import faces, gallery_embedders as ge, people
 
 SCHEMA_VERSION = int(head("gallery").rsplit("_", 1)[1])  # gallery_0002 -> 2
@@ -41,22 +42,20 @@ class Maintenance:
 
     def reembed(self, gallery: str | None, embedder: Any, *, batch_size: int = 64, drop_uncroppable: bool = False,
                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-        """Recompute every embedding in scope (one gallery or all) from its stored crop, in one transaction.
-
-        The crops are embedded before the write transaction (others keep enrolling and searching meanwhile),
-        faces enrolled in between inside it.  Crop-less faces of another model make it fail with
-        :class:`ConflictError` unless ``drop_uncroppable`` deletes them."""
-        gallery, model_id, dim = validate_reembed_args(gallery, embedder, batch_size)
+        """Recompute every embedding in scope (one gallery or all) from its stored crop, in one transaction
+        (the crops embedded before it); crop-less faces of another model are a :class:`ConflictError` unless
+        ``drop_uncroppable`` deletes them."""
+        gallery = None if gallery is None else validate_name(gallery, "gallery name")
+        model_id = validate_embedder_id(getattr(embedder, "model_id", None))
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidRequestError(f"batch_size must be a positive integer, got {batch_size!r}")
+        dim = int(embedder.dim)
 
         def uncroppable(conn: Connection, gids: list[int], names: dict[int, str]) -> tuple[dict[str, int], list[int]]:
-            counts: dict[str, int] = {}
-            ids = []
-            for fid, g in conn.execute(select(faces.c.id, faces.c.gallery_id).where(
-                    faces.c.gallery_id.in_(gids), faces.c.crop_png.is_(None),
-                    ~((faces.c.embedder == model_id) & (faces.c.dim == dim)))):
-                counts[names[int(g)]] = counts.get(names[int(g)], 0) + 1
-                ids.append(int(fid))
-            return counts, ids
+            rows = conn.execute(select(faces.c.id, faces.c.gallery_id).where(
+                faces.c.gallery_id.in_(gids), faces.c.crop_png.is_(None),
+                ~((faces.c.embedder == model_id) & (faces.c.dim == dim)))).all()
+            return dict(Counter(names[int(g)] for _, g in rows)), [int(fid) for fid, _ in rows]
 
         def croppable(conn: Connection, gids: list[int]) -> list[int]:
             q = select(faces.c.id).where(faces.c.gallery_id.in_(gids), faces.c.crop_png.isnot(None))

@@ -1,11 +1,8 @@
 """Search of the PostgreSQL gallery with pgvector: several API servers against one database.
 
-Nothing is cached in the process: every search is one SQL query, so an enrollment committed by any server
-is seen by the next search of every other.  Search is exact until a gallery has ``ann_threshold`` faces;
-then it goes through a partial HNSW index of that gallery alone (``faces_hnsw_g<id>_d<dim>``, built
-``CONCURRENTLY`` by one server under an advisory lock), because pgvector 0.6 filters *after* the index scan.
-pgvector 0.5 or newer is required; the extension is created if this user may (else: ``CREATE EXTENSION
-vector`` by a DBA).
+Nothing is cached in the process: every search is one SQL query.  From ``ann_threshold`` faces a gallery is
+searched through its own partial HNSW index (``faces_hnsw_g<id>_d<dim>``, built ``CONCURRENTLY`` by one
+server), because pgvector 0.6 filters *after* the index scan.  pgvector 0.5 or newer is required.
 """
 from __future__ import annotations
 
@@ -199,9 +196,8 @@ class PostgresGallery(GalleryStore):
 
     def _ann_query(self, conn: Connection, gid: int, dim: int, qtext: str, top_k: int, n_faces: int,
                    ef: int) -> list[Any]:
-        """The nearest faces from the gallery's HNSW index, best face per person, top ``top_k``.  The gallery
-        id and dim are literals so the planner matches the partial index; if the nearest faces belong to fewer
-        than ``top_k`` people, fetch more (exact past pgvector's ef_search limit)."""
+        """The nearest faces from the gallery's HNSW index (id and dim literal, so the planner matches the partial
+        index), best face per person, top ``top_k``; fetches more while too few people (exact past 1000)."""
         fetch = max(top_k * self.overfetch, 16)
         vec = f"vector({int(dim)})"
         while True:

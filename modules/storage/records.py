@@ -321,15 +321,6 @@ def validate_enrollment(faces_by_person: Any) -> tuple[dict[str, list[ValidFace]
     return items, first.embedder, first.dim
 
 
-def validate_reembed_args(gallery: Any, embedder: Any, batch_size: Any) -> tuple[str | None, str, int]:
-    """``reembed`` arguments: the gallery name (or None: all), the model id and its dim."""
-    gallery = None if gallery is None else validate_name(gallery, "gallery name")
-    model_id = validate_embedder_id(getattr(embedder, "model_id", None))
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidRequestError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return gallery, model_id, int(embedder.dim)
-
-
 def embed_crops(rows: Sequence[tuple[int, bytes]], embedder: Any) -> dict[int, np.ndarray]:
     """``{face id: unit embedding}`` of stored PNG crops ``(face id, png)`` with ``embedder``."""
     import cv2

@@ -1,15 +1,13 @@
 """Search of the SQLite gallery: an in-process matrix or HNSW index per gallery, kept in step.
 
-Below ``ann_threshold`` faces a gallery is searched exactly (:func:`rank_people`); from there on an hnswlib
-index (:class:`~modules.storage.ann.AnnIndex`) answers, caught up from the change log: the faces written
-since its generation (``faces.gen``) and the ids deleted since (``face_deletions``, pruned to the newest
-``DELETIONS_KEEP``).  With ``ann_persist`` it is saved in ``<path>.ann/``, so a restart applies only what
-changed.  Before a search one indexed query reads the gallery's generation stamp; what is cached is brought
-up to date only when it moved, which is how another process's enrollment is seen by the next search.
+From ``ann_threshold`` faces an hnswlib index answers, caught up from the change log (``faces.gen``,
+``face_deletions``) and saved in ``<path>.ann/`` (``ann_persist``).  Before a search one indexed query reads
+the gallery's generation stamp; the cache is refreshed only when it moved (so other processes' writes show).
 """
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import threading
@@ -25,7 +23,7 @@ from filelock import FileLock
 from sqlalchemy import Connection, LargeBinary, select, text, type_coerce
 
 from ..face import Candidate
-from .ann import AnnIndex, HnswParams, NeedsRebuild, RWLock, hnswlib_available
+from .ann import AnnIndex, HnswParams, NeedsRebuild, RWLock
 from .engine import database_url
 from .gallery import GalleryStore
 from .records import gallery_not_found, mismatch_error, validate_name
@@ -145,7 +143,7 @@ class SQLiteGallery(GalleryStore):
         self.ann_persist = bool(ann_persist)
         self.ann_dir = Path(ann_dir) if ann_dir is not None else self.path.with_name(self.path.name + ".ann")
         self.ann_save_every = 10_000  # changes applied before a caught-up index is saved again
-        self._ann_on = self.ann_threshold is not None and hnswlib_available()
+        self._ann_on = self.ann_threshold is not None and importlib.util.find_spec("hnswlib") is not None
         if self.ann_threshold is not None and not self._ann_on:
             log.warning("hnswlib is not installed: gallery search stays exact (pip install hnswlib)")
 
@@ -214,21 +212,18 @@ class SQLiteGallery(GalleryStore):
             self._after_fork()
         with self._read() as conn:  # the hot path of every search: plain SQL, no statement to build
             row = conn.exec_driver_sql("SELECT id, generation FROM galleries WHERE name = ?", (gallery,)).first()
-        if row is None:
-            old = self._cache_ids.pop(gallery, None)
-            if old is not None:  # deleted by another process: let its index go
-                with self._cache_lock:
-                    self._cache.pop(old, None)
-            raise gallery_not_found(gallery)
-        gid, gen = int(row[0]), int(row[1])
-        cached = self._cache.get(gid)
-        if cached is not None and cached.generation == gen:
-            return cached
+        gid, gen = (int(row[0]), int(row[1])) if row is not None else (None, -1)
         old = self._cache_ids.get(gallery)
-        if old is not None and old != gid:  # deleted (by any process) and created again: forget the old one
+        if old is not None and old != gid:  # deleted (and maybe created again) by any process: let its index go
             with self._cache_lock:
                 self._cache.pop(old, None)
                 self._gallery_locks.pop(old, None)
+                self._cache_ids.pop(gallery, None)
+        if gid is None:
+            raise gallery_not_found(gallery)
+        cached = self._cache.get(gid)
+        if cached is not None and cached.generation == gen:
+            return cached
         self._cache_ids[gallery] = gid
         with self._gallery_lock(gid):
             cached = self._cache.get(gid)

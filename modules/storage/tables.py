@@ -1,12 +1,9 @@
 """The gallery's tables: one definition for SQLite and PostgreSQL.
 
-``galleries`` -> ``people`` -> ``faces`` (each deleted with its parent), plus ``gallery_embedders``.
-Counters kept by triggers (faces per person, people with faces per gallery, faces per embedder per gallery)
-make ``num_people``, ``get_gallery`` and the embedder check O(1).  Ids are never reused.  Every write
-transaction gets a new *generation*, stamped on the galleries it changed and the faces it wrote
-(``faces.gen``).  SQLite only: ``meta`` (the generation counter, the database's creation stamp) and
-``face_deletions`` (the change log that keeps an in-process HNSW index in step); PostgreSQL only: the
-``gallery_generation`` sequence, and statement-level triggers (row-level on SQLite).
+``galleries`` -> ``people`` -> ``faces`` (each deleted with its parent); counters kept by triggers make
+``num_people``, ``get_gallery`` and the embedder check O(1).  Ids are never reused.  ``faces.gen``: the
+generation that wrote the face.  SQLite only: ``meta`` and the ``face_deletions`` change log; PostgreSQL
+only: the ``gallery_generation`` sequence.
 """
 from __future__ import annotations
 
