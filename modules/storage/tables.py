@@ -239,8 +239,10 @@ def _meta_rows(target: Any, conn: Any, **_: Any) -> None:
 
 
 def _dialect_ddl(target: Any, conn: Any, tables: Any = (), **_: Any) -> None:
-    if faces in (tables or ()):
-        create_sqlite_triggers(conn) if conn.dialect.name == "sqlite" else conn.exec_driver_sql(PG_TRIGGERS)
+    if faces in (tables or ()) and conn.dialect.name == "sqlite":
+        create_sqlite_triggers(conn)
+    elif faces in (tables or ()):
+        conn.exec_driver_sql(PG_TRIGGERS)
 
 
 event.listen(meta, "after_create", _meta_rows)
