@@ -1,24 +1,9 @@
-"""The approximate nearest-neighbour index of the embedded backend (hnswlib HNSW).
+"""The approximate nearest-neighbour index of the embedded backend (hnswlib HNSW; why not FAISS: docs/scale.md).
 
-Why hnswlib (not FAISS): it deletes (``mark_deleted``: the face stops being
-returned at once, its slot is reused by a later insert via ``replace_deleted``),
-updates a vector in place under the same label, takes arbitrary 64-bit labels
-(we use the face ids, so no id-mapping table), saves and loads an index in one
-call, and its search over ~1M 128-d vectors takes a fraction of a millisecond on
-one core.  FAISS's ``IndexHNSWFlat`` cannot remove vectors (``remove_ids`` is
-not supported for HNSW; deletions would need a search-time filter and periodic
-rebuilds) and needs an id map beside it; its memory per vector is the same
-(the float32 vector plus ~2*M links at level 0).  Memory here: about
-``4*d + 8*M + 20`` bytes per face (~660 MB for 1M 128-d faces at M=16).
-
-:class:`AnnIndex` is one gallery's index plus what search needs to aggregate
-faces into people without asking the database: each face's person, and the
-number of faces per person (so ``num_people`` stays O(1)).  It is kept in step
-incrementally (:meth:`apply`) by :class:`~modules.storage.sqlite_search.SQLiteGallery`
-from the rows written since its generation, and can be saved to / loaded from
-a folder with a generation stamp.
-
-Thread safety: searches share a read lock; changes take it exclusively.
+:class:`AnnIndex` is one gallery's index plus each face's person and the faces per person, so search
+aggregates faces into people (and counts them) without asking the database.  It is kept in step
+incrementally (:meth:`AnnIndex.apply`) and saved to / loaded from a folder with a generation stamp.
+Memory: about ``4*d + 8*M + 20`` bytes per face.  Searches share a read lock; changes take it exclusively.
 """
 from __future__ import annotations
 
@@ -27,7 +12,7 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +24,9 @@ FORMAT = 1
 @dataclass(frozen=True)
 class HnswParams:
     """HNSW knobs: ``m`` links per node, ``ef_construction`` build beam, ``ef_search`` query beam,
-    ``overfetch`` faces fetched per wanted person, ``threads`` for builds (0: all cores).
-
-    ``refine_margin`` / ``refine_ef``: a query whose best person beats the second best by less
-    than ``refine_margin`` (cosine) is searched again with the wider beam ``refine_ef`` (0: by
-    gallery size, ``faces / 100`` within [2048, 16384]).  Such near-ties (a stranger resembling
-    several people, or a true match the narrow beam missed, which leaves strangers on top) are
-    where a greedy HNSW search errs: at 10^6 faces nearly all of its misses have a margin under
-    0.05.  Clear matches are answered by the narrow beam.  ``refine_margin=0`` turns it off.
-    """
+    ``overfetch`` faces fetched per wanted person, ``threads`` for builds (0: all cores).  A query whose best
+    person beats the second by less than ``refine_margin`` (cosine; 0: off) is searched again with the wider
+    beam ``refine_ef`` (0: ``faces / 100`` within [2048, 16384]): such near-ties are where HNSW errs."""
 
     m: int = 16
     ef_construction: int = 100
@@ -60,32 +39,19 @@ class HnswParams:
     def refine_ef_for(self, n_faces: int) -> int:
         return self.refine_ef or int(min(16384, max(2048, n_faces // 100)))
 
-    def to_dict(self) -> dict[str, int]:
-        return {"m": self.m, "ef_construction": self.ef_construction}
-
-
-def hnswlib_available() -> bool:
-    try:
-        import hnswlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
 
 class RWLock:
     """Many readers or one writer (writers are not starved: new readers wait for a waiting writer)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
+        self._readers = self._waiting_writers = 0
         self._writer = False
-        self._waiting_writers = 0
 
     @contextmanager
     def read(self) -> Iterator[None]:
         with self._cond:
-            while self._writer or self._waiting_writers:
-                self._cond.wait()
+            self._cond.wait_for(lambda: not (self._writer or self._waiting_writers))
             self._readers += 1
         try:
             yield
@@ -99,8 +65,7 @@ class RWLock:
     def write(self) -> Iterator[None]:
         with self._cond:
             self._waiting_writers += 1
-            while self._writer or self._readers:
-                self._cond.wait()
+            self._cond.wait_for(lambda: not (self._writer or self._readers))
             self._waiting_writers -= 1
             self._writer = True
         try:
@@ -118,24 +83,18 @@ class NeedsRebuild(Exception):
 class _Counts:
     """Faces per person as sorted ``keys`` / ``counts`` arrays (compact for 10^6 people)."""
 
-    def __init__(self, keys: np.ndarray | None = None, counts: np.ndarray | None = None):
-        self.keys = np.zeros(0, np.int64) if keys is None else keys.astype(np.int64)
-        self.counts = np.zeros(0, np.int64) if counts is None else counts.astype(np.int64)
+    def __init__(self, persons: np.ndarray):
+        self.keys, self.counts = (a.astype(np.int64) for a in np.unique(persons, return_counts=True))
         self.nonzero = int(np.count_nonzero(self.counts))
-
-    @classmethod
-    def of(cls, persons: np.ndarray) -> "_Counts":
-        keys, counts = np.unique(persons, return_counts=True)
-        return cls(keys, counts)
 
     def add(self, persons: np.ndarray, delta: int) -> None:
         if persons.size == 0:
             return
         keys, counts = np.unique(persons, return_counts=True)
         pos = np.searchsorted(self.keys, keys)
-        known = (pos < self.keys.size) & (self.keys[np.minimum(pos, max(self.keys.size - 1, 0))] == keys)
-        if self.keys.size == 0:
-            known[:] = False
+        known = np.zeros(keys.size, bool)
+        if self.keys.size:
+            known = self.keys[np.minimum(pos, self.keys.size - 1)] == keys
         np.add.at(self.counts, pos[known], delta * counts[known])
         new = ~known
         if new.any() and delta > 0:  # (removing faces of a person we do not know: nothing to do)
@@ -149,52 +108,38 @@ class _Counts:
 class AnnIndex:
     """One gallery's HNSW index over unit vectors (inner product), labels = face ids."""
 
-    def __init__(self, dim: int, embedder: str, params: HnswParams, capacity: int):
+    def __init__(self, dim: int, embedder: str, params: HnswParams, generation: int, face_ids: np.ndarray,
+                 face_person: np.ndarray, *, capacity: int | None = None, path: Path | None = None):
+        """An empty index for ``capacity`` faces, or the one saved at ``path``; ``face_ids`` sorted, with
+        their person ids (-1: deleted)."""
         import hnswlib
 
-        self.dim = int(dim)
-        self.embedder = embedder
-        self.params = params
+        self.dim, self.embedder, self.params, self.generation = int(dim), embedder, params, int(generation)
         self.lock = RWLock()
-        self.generation = -1
         self._index = hnswlib.Index(space="ip", dim=self.dim)
-        self._index.init_index(
-            max_elements=max(int(capacity), 1024),
-            M=params.m,
-            ef_construction=params.ef_construction,
-            allow_replace_deleted=True,
-        )
+        if path is not None:
+            self._index.load_index(str(path), allow_replace_deleted=True)
+        else:
+            self._index.init_index(max_elements=max(int(capacity or 0), 1024), M=params.m,
+                                   ef_construction=params.ef_construction, allow_replace_deleted=True)
         self._index.set_ef(params.ef_search)
         self._threads = params.threads or (os.cpu_count() or 1)
-        # face id (sorted) -> person id (-1: deleted)
-        self.face_ids = np.zeros(0, np.int64)
-        self.face_person = np.zeros(0, np.int64)
-        self.people = _Counts()
-        self.n_live = 0
+        self.face_ids, self.face_person = face_ids.astype(np.int64), face_person.astype(np.int64)
+        live = self.face_person >= 0
+        self.people = _Counts(self.face_person[live])
+        self.n_live = int(live.sum())
         self.changes_since_save = 0
 
     # --- building and keeping in step --------------------------------------------------
     @classmethod
-    def build(
-        cls,
-        embedder: str,
-        vectors: np.ndarray,
-        face_ids: np.ndarray,
-        face_person: np.ndarray,
-        params: HnswParams,
-        generation: int,
-    ) -> "AnnIndex":
+    def build(cls, embedder: str, vectors: np.ndarray, face_ids: np.ndarray, face_person: np.ndarray,
+              params: HnswParams, generation: int) -> "AnnIndex":
         n, dim = vectors.shape
-        idx = cls(dim, embedder, params, capacity=int(n * 1.1) + 1024)
         order = np.argsort(face_ids, kind="stable")
-        face_ids, face_person = face_ids[order].astype(np.int64), face_person[order].astype(np.int64)
+        idx = cls(dim, embedder, params, generation, face_ids[order], face_person[order], capacity=int(n * 1.1) + 1024)
         for s in range(0, n, 100_000):  # chunks bound the temporary copies
-            sel = order[s : s + 100_000]
-            idx._index.add_items(vectors[sel], face_ids[s : s + 100_000], num_threads=idx._threads)
-        idx.face_ids, idx.face_person = face_ids, face_person
-        idx.people = _Counts.of(face_person)
-        idx.n_live = int(n)
-        idx.generation = int(generation)
+            chunk = slice(s, s + 100_000)
+            idx._index.add_items(vectors[order[chunk]], idx.face_ids[chunk], num_threads=idx._threads)
         idx.changes_since_save = n
         return idx
 
@@ -204,21 +149,11 @@ class AnnIndex:
         ok[ok] = self.face_ids[pos[ok]] == ids[ok]
         return pos, ok
 
-    def apply(
-        self,
-        deleted: np.ndarray,
-        ids: np.ndarray,
-        persons: np.ndarray,
-        vectors: np.ndarray,
-        generation: int,
-    ) -> None:
-        """Catch up: drop ``deleted`` face ids, then insert or replace ``ids`` (with their persons).
-
-        Raises :class:`NeedsRebuild` (changing nothing) for what an update cannot express.
-        """
-        deleted = np.asarray(deleted, np.int64)
-        ids = np.asarray(ids, np.int64)
-        persons = np.asarray(persons, np.int64)
+    def apply(self, deleted: np.ndarray, ids: np.ndarray, persons: np.ndarray, vectors: np.ndarray,
+              generation: int) -> None:
+        """Catch up: drop ``deleted`` face ids, then insert or replace ``ids`` (with their persons);
+        :class:`NeedsRebuild` (changing nothing) for what an update cannot express."""
+        deleted, ids, persons = (np.asarray(a, np.int64) for a in (deleted, ids, persons))
         with self.lock.write():
             if ids.size:
                 if vectors.ndim != 2 or vectors.shape[1] != self.dim:
@@ -307,6 +242,11 @@ class AnnIndex:
     def num_people(self) -> int:
         return self.people.nonzero
 
+    @property
+    def groups(self) -> dict[tuple[str, int], int]:
+        """Faces per ``(embedder, dim)``, as the exact matrix has them."""
+        return {(self.embedder, self.dim): self.n_live} if self.n_live else {}
+
     def memory_bytes(self) -> int:
         n = self._index.get_max_elements()
         per = 4 * self.dim + 8 * self.params.m + 4 * 2 + 8 + 4  # vector, level-0 links, counts, label
@@ -321,15 +261,8 @@ class AnnIndex:
             tmp_n = folder / f".{stem}.tmp{os.getpid()}.npz"
             self._index.save_index(str(tmp_h))
             np.savez(tmp_n, face_ids=self.face_ids, face_person=self.face_person)
-            meta = dict(
-                stamp,
-                format=FORMAT,
-                generation=self.generation,
-                dim=self.dim,
-                embedder=self.embedder,
-                n_live=self.n_live,
-                params=self.params.to_dict(),
-            )
+            meta = dict(stamp, format=FORMAT, generation=self.generation, dim=self.dim, embedder=self.embedder,
+                        n_live=self.n_live, params={"m": self.params.m, "ef_construction": self.params.ef_construction})
             self.changes_since_save = 0
         # the stamp is removed first and written last: a crash in between leaves no usable stamp
         (folder / f"{stem}.json").unlink(missing_ok=True)
@@ -349,28 +282,12 @@ class AnnIndex:
 
     @classmethod
     def load(cls, folder: Path, stem: str, meta: dict[str, Any], params: HnswParams) -> "AnnIndex":
-        import hnswlib
-
-        idx = cls.__new__(cls)
-        idx.dim = int(meta["dim"])
-        idx.embedder = str(meta["embedder"])
-        from dataclasses import replace
-
         # the graph's own m / ef_construction, this process's search knobs
-        idx.params = replace(params, m=int(meta["params"]["m"]), ef_construction=int(meta["params"]["ef_construction"]))
-        idx.lock = RWLock()
-        idx._threads = params.threads or (os.cpu_count() or 1)
-        idx._index = hnswlib.Index(space="ip", dim=idx.dim)
-        idx._index.load_index(str(folder / f"{stem}.hnsw"), allow_replace_deleted=True)
-        idx._index.set_ef(params.ef_search)
+        params = replace(params, m=int(meta["params"]["m"]), ef_construction=int(meta["params"]["ef_construction"]))
         with np.load(folder / f"{stem}.npz") as z:
-            idx.face_ids = z["face_ids"].astype(np.int64)
-            idx.face_person = z["face_person"].astype(np.int64)
-        live = idx.face_person >= 0
-        idx.people = _Counts.of(idx.face_person[live])
-        idx.n_live = int(live.sum())
+            face_ids, face_person = z["face_ids"], z["face_person"]
+        idx = cls(int(meta["dim"]), str(meta["embedder"]), params, int(meta["generation"]), face_ids, face_person,
+                  path=folder / f"{stem}.hnsw")
         if idx.n_live != int(meta["n_live"]):
             raise ValueError("index files do not match their stamp")
-        idx.generation = int(meta["generation"])
-        idx.changes_since_save = 0
         return idx

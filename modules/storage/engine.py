@@ -1,30 +1,9 @@
-"""One SQLAlchemy engine per database, shared by every store of the process.
+"""One SQLAlchemy engine per database, shared by every store of the process; dialect set-up through events.
 
-``database_url(location)`` turns what users give (a file path, ``sqlite:///...``,
-``postgresql://...`` or ``postgres://...``) into a SQLAlchemy URL;
-``get_engine(location)`` returns the process's engine for it (created once,
-cached per URL).  What differs per dialect is set up here through engine events,
-so the stores above only speak SQLAlchemy Core:
-
-* **SQLite** (the embedded default): WAL journal, ``synchronous=FULL``, foreign
-  keys on and a busy timeout on every new connection; pysqlite's own transaction
-  handling is switched off and a transaction begins with ``BEGIN`` (reads: a
-  consistent snapshot) or ``BEGIN IMMEDIATE`` (writes: the write lock is taken
-  first, so a read-then-write never fails half way on a lock upgrade).  A new
-  database file is created ``0600`` in a folder created ``0700``: it holds
-  biometric data.
-* **PostgreSQL** through psycopg 3 with a pool (``pool_pre_ping``); every
-  connection gets a ``lock_timeout`` so a writer stuck behind another becomes a
-  503, not a hung request.  pgvector's ``vector`` type comes from the
-  ``pgvector`` package (:mod:`pgvector.sqlalchemy`).
-
-Fork safety: a child process (gunicorn worker, RQ work horse) never uses its
-parent's pooled connections; :func:`os.register_at_fork` drops them in the child
-without closing them (``Engine.dispose(close=False)``, SQLAlchemy's documented
-recipe).
-
-``write(engine)`` / ``read(engine)`` are the two ways to run a transaction; errors
-of the driver become the service's typed errors through :func:`db_error`.
+SQLite: WAL, ``synchronous=FULL``, foreign keys, a busy timeout; a write begins with ``BEGIN IMMEDIATE`` (the
+lock first, so a read-then-write never fails on a lock upgrade); a new file is ``0600`` (biometric data).
+PostgreSQL (psycopg 3, pooled): a ``lock_timeout``, so a writer stuck behind another gets a 503, not a hang.
+A forked child drops its parent's pooled connections without closing them (SQLAlchemy's recipe).
 """
 from __future__ import annotations
 
@@ -41,20 +20,14 @@ from sqlalchemy.engine import URL, make_url
 from ..errors import ConfigError, FaceRecError, ServiceUnavailableError
 
 DEFAULT_BUSY_TIMEOUT_S = 30.0
-PRIVATE_FILE_MODE = 0o600
-PRIVATE_DIR_MODE = 0o700
 
 _engines: dict[tuple, Engine] = {}
 _engines_lock = threading.Lock()
 
 
 def database_url(location: str | Path) -> URL:
-    """The SQLAlchemy URL of a gallery/jobs/keys location; :class:`ConfigError` if unusable.
-
-    A plain path (or :class:`~pathlib.Path`) is an SQLite file; ``sqlite:///rel.db`` is relative
-    to the working directory and ``sqlite:////abs.db`` absolute (SQLAlchemy's convention);
-    ``postgres://`` and ``postgresql://`` URLs use psycopg 3 (any libpq parameters kept).
-    """
+    """The SQLAlchemy URL of a store's location (a path, ``sqlite:///rel.db``, ``sqlite:////abs.db``,
+    ``postgres[ql]://...``, the latter through psycopg 3); :class:`ConfigError` if unusable."""
     if isinstance(location, Path):
         return _sqlite_url(location)
     if not isinstance(location, str) or not location.strip():
@@ -99,77 +72,41 @@ def safe_url(url: Any) -> str:
         return "<database url>"
 
 
-def create_private_file(path: Path) -> None:
-    """Create ``path`` (and missing parent folders) readable by the owner only; no-op if it exists."""
-    if path.exists():
-        return
-    missing = [p for p in reversed(path.parents) if not p.exists()]
-    try:
-        for folder in missing:
-            folder.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
-        fd = os.open(path, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE_MODE)
-        os.close(fd)
-    except OSError as exc:
-        raise ConfigError(f"cannot create database file {path}: {exc}") from exc
-
-
-def get_engine(
-    location: str | Path | URL,
-    *,
-    create: bool = True,
-    busy_timeout_s: float | None = None,
-    pool_size: int | None = None,
-    connect_timeout_s: float | None = None,
-) -> Engine:
-    """The process's engine for ``location`` (one per URL and set of options).
-
-    ``create=False`` refuses a missing SQLite file instead of creating it.  ``busy_timeout_s``:
-    SQLite busy timeout, PostgreSQL ``lock_timeout`` and pool wait; ``pool_size`` and
-    ``connect_timeout_s``: PostgreSQL's pool and connection time-out.
-    """
+def get_engine(location: str | Path | URL, *, create: bool = True, busy_timeout_s: float | None = None,
+               pool_size: int | None = None, connect_timeout_s: float | None = None) -> Engine:
+    """The process's engine for ``location`` (one per URL and options).  ``create=False`` refuses a missing
+    SQLite file; ``busy_timeout_s``: SQLite busy timeout, PostgreSQL ``lock_timeout`` and pool wait."""
     url = location if isinstance(location, URL) else database_url(location)
     timeout = DEFAULT_BUSY_TIMEOUT_S if busy_timeout_s is None else float(busy_timeout_s)
     key = (url.render_as_string(hide_password=False), timeout, pool_size, connect_timeout_s)
     if is_sqlite(url):  # also when cached: the file may have been deleted since
         path = Path(url.database or "")
-        if not path.exists():
-            if not create:
-                raise ConfigError(f"database not found: {path}")
-            create_private_file(path)
-    engine = _engines.get(key)
-    if engine is not None:
-        return engine
+        if not path.exists() and not create:
+            raise ConfigError(f"database not found: {path}")
+        if not path.exists():  # created private: the folders 0700, the file 0600
+            try:
+                for folder in [p for p in reversed(path.parents) if not p.exists()]:
+                    folder.mkdir(mode=0o700, exist_ok=True)
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            except OSError as exc:
+                raise ConfigError(f"cannot create database file {path}: {exc}") from exc
     with _engines_lock:
-        engine = _engines.get(key)
-        if engine is None:
-            if is_sqlite(url):
-                engine = _sqlite_engine(url, timeout)
-            else:
-                engine = _postgres_engine(url, timeout, pool_size or 10, connect_timeout_s or 10)
-            _engines[key] = engine
-    return engine
+        if key not in _engines:
+            _engines[key] = (_sqlite_engine(url, timeout) if is_sqlite(url)
+                             else _postgres_engine(url, timeout, pool_size or 10, connect_timeout_s or 10))
+        return _engines[key]
 
 
 def _sqlite_engine(url: URL, timeout: float) -> Engine:
-    engine = create_engine(
-        url,
-        connect_args={"timeout": timeout, "check_same_thread": False},
-        pool_size=8,
-        max_overflow=32,
-        pool_timeout=timeout,
-    )
+    engine = create_engine(url, connect_args={"timeout": timeout, "check_same_thread": False}, pool_size=8,
+                           max_overflow=32, pool_timeout=timeout)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # BEGIN is issued by the "begin" event below
-        cur = dbapi_conn.cursor()
-        try:
-            cur.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            cur.execute("PRAGMA foreign_keys = ON")
-            cur.execute("PRAGMA journal_mode = WAL").fetchone()
-            cur.execute("PRAGMA synchronous = FULL")
-        finally:
-            cur.close()
+        for pragma in (f"busy_timeout = {int(timeout * 1000)}", "foreign_keys = ON", "journal_mode = WAL",
+                       "synchronous = FULL"):
+            dbapi_conn.execute(f"PRAGMA {pragma}").fetchall()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -184,19 +121,12 @@ def _postgres_engine(url: URL, timeout: float, pool_size: int, connect_timeout: 
         import psycopg  # noqa: F401
     except ImportError as exc:  # pragma: no cover - in requirements.txt
         raise ConfigError("PostgreSQL databases need psycopg[binary]") from exc
-    engine = create_engine(
-        url,
-        pool_pre_ping=True,
-        pool_size=int(pool_size),
-        max_overflow=10,
-        pool_timeout=timeout,
-        connect_args={"connect_timeout": max(1, int(connect_timeout))},
-    )
+    engine = create_engine(url, pool_pre_ping=True, pool_size=int(pool_size), max_overflow=10, pool_timeout=timeout,
+                           connect_args={"connect_timeout": max(1, int(connect_timeout))})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        with dbapi_conn.cursor() as cur:
-            cur.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(timeout * 1000)}ms",))
+        dbapi_conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(timeout * 1000)}ms",))
         dbapi_conn.commit()
 
     return engine
@@ -207,25 +137,20 @@ def db_error(exc: BaseException, what: str = "database") -> FaceRecError:
     orig = getattr(exc, "orig", None) or exc
     text = str(orig).strip()
     name = type(orig).__name__
-    busy = (
-        "locked" in text
-        or "busy" in text
-        or name in ("LockNotAvailable", "QueryCanceled", "PoolTimeout")
-        or isinstance(exc, (sa_exc.TimeoutError, sa_exc.DisconnectionError))
-        or (isinstance(exc, sa_exc.OperationalError) and not text.startswith("no such"))
-    )
-    if busy:
+    if ("locked" in text or "busy" in text or name in ("LockNotAvailable", "QueryCanceled", "PoolTimeout")
+            or isinstance(exc, (sa_exc.TimeoutError, sa_exc.DisconnectionError))
+            or (isinstance(exc, sa_exc.OperationalError) and not text.startswith("no such"))):
         return ServiceUnavailableError(f"the {what} is busy or not reachable; try again ({text[:200]})")
     return FaceRecError(f"{what} error: {text[:500]}")
 
 
 @contextmanager
-def write(engine: Engine, what: str = "database") -> Iterator[Connection]:
-    """One write transaction (SQLite: ``BEGIN IMMEDIATE``), committed on success, rolled back on any
+def transaction(engine: Engine, what: str = "database", *, write: bool = True) -> Iterator[Connection]:
+    """One transaction (a write on SQLite: ``BEGIN IMMEDIATE``), committed on success, rolled back on any
     exception; driver errors become typed errors (:func:`db_error`)."""
     try:
         with engine.connect() as conn:
-            if is_sqlite(engine):
+            if write and is_sqlite(engine):
                 conn.execution_options(sqlite_immediate=True)
             with conn.begin():
                 yield conn
@@ -233,24 +158,9 @@ def write(engine: Engine, what: str = "database") -> Iterator[Connection]:
         raise db_error(exc, what) from exc
 
 
-@contextmanager
-def read(engine: Engine, what: str = "database") -> Iterator[Connection]:
-    """One read transaction: a consistent snapshot (SQLite deferred ``BEGIN``)."""
-    try:
-        with engine.connect() as conn:
-            with conn.begin():
-                yield conn
-    except sa_exc.SQLAlchemyError as exc:
-        raise db_error(exc, what) from exc
-
-
-def dispose_all() -> None:
-    """Close every engine of this process (tests, shutdown)."""
-    with _engines_lock:
-        engines = list(_engines.values())
-        _engines.clear()
-    for engine in engines:
-        engine.dispose()
+def read(engine: Engine, what: str = "database") -> Any:
+    """A read transaction: a consistent snapshot (SQLite: deferred ``BEGIN``)."""
+    return transaction(engine, what, write=False)
 
 
 def _after_fork_in_child() -> None:

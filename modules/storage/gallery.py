@@ -1,46 +1,36 @@
-"""The persistent gallery of known people, written once on SQLAlchemy Core for SQLite and PostgreSQL.
+"""The persistent gallery of known people, written once on SQLAlchemy Core; its subclasses in
+:mod:`~modules.storage.sqlite_search` and :mod:`~modules.storage.pg_search` only search.
 
-:class:`GalleryStore` holds everything but the search: validation, galleries /
-people / faces, all-or-nothing enrollment, re-embedding, stats, export, the
-legacy pickles and the typed errors (unknown gallery/person/face -> 404, a
-duplicate -> 409 :class:`~modules.errors.ConflictError`, bad input -> 400,
-another model's embeddings -> :class:`~modules.errors.EmbedderMismatchError`,
-a busy or unreachable database -> 503).  Its two subclasses only search:
-:class:`~modules.storage.sqlite_search.SQLiteGallery` (an in-process matrix or
-hnswlib index per gallery, reloaded on a generation stamp) and
-:class:`~modules.storage.pg_search.PostgresGallery` (pgvector, nothing cached).
-
-Every write is one transaction (SQLite ``BEGIN IMMEDIATE``; PostgreSQL locks the
-gallery's row, so writes to one gallery are serialised while other galleries are
-written in parallel): it happens completely or not at all.  It takes a new
-generation, stamped on the galleries it changed.
+Every write is one transaction (PostgreSQL locks the gallery's row: writes to one gallery are serialised,
+other galleries written in parallel) with a new generation, stamped on the galleries it changed.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, delete, exc as sa_exc, func, insert, null, select, update
+from sqlalchemy import Connection, delete, exc as sa_exc, func, insert, inspect, null, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ..errors import ConfigError, ConflictError, InvalidRequestError
+from ..errors import ConfigError, ConflictError, FaceNotFoundError, InvalidRequestError
 from ..face import Candidate
-from .engine import get_engine, read, safe_url, write
+from .engine import get_engine, read, safe_url, transaction
 from .maintenance import Maintenance
 from .migrate import prepare
-from .records import (
-    DEFAULT_ANN_THRESHOLD, FaceInfo, GalleryInfo, NewFace, PersonInfo, as_queries, face_not_found,
-    gallery_not_found, mismatch_error, no_crop_error, parse_face_id, person_exists, person_not_found,
-    validate_embedder_id, validate_enrollment, validate_metadata, validate_name, validate_page,
-    validate_top_k,
-)
+from .records import (DEFAULT_ANN_THRESHOLD, FaceInfo, GalleryInfo, NewFace, PersonInfo, as_queries, face_not_found,
+                      gallery_not_found, mismatch_error, parse_face_id, person_exists, person_not_found,
+                      validate_embedder_id, validate_enrollment, validate_metadata, validate_name, validate_page,
+                      validate_top_k)
 from .tables import TABLES, faces, galleries, gallery_embedders as ge, people
 
 
-_FACES_FROM = faces.join(people, people.c.id == faces.c.person_id).join(galleries, galleries.c.id == faces.c.gallery_id)
-_FACE_COLUMNS = (
+_FACES_FROM = faces.join(people, people.c.id == faces.c.person_id).join(galleries,
+                                                                        galleries.c.id == faces.c.gallery_id)
+_FACE_COLUMNS = (  # FaceInfo's fields, in order, but the embedding
     faces.c.id, faces.c.person_id, people.c.name, galleries.c.name, faces.c.embedder, faces.c.dim,
     faces.c.created_at, faces.c.crop_png.isnot(None), faces.c.source, faces.c.source_sha256, faces.c.box,
     faces.c.landmarks, faces.c.det_score,
@@ -48,14 +38,14 @@ _FACE_COLUMNS = (
 _PERSON_COLUMNS = (people.c.id, people.c.name, people.c.created_at, people.c.metadata, people.c.num_faces)
 
 
+@dataclass
 class Tx:
     """A write transaction: its connection, its generation and the galleries it changed."""
 
-    def __init__(self, conn: Connection, generation: int):
-        self.conn = conn
-        self.generation = int(generation)
-        self.touched: set[int] = set()
-        self.grew: set[int] = set()  # galleries that got faces (PostgreSQL: may need their HNSW index now)
+    conn: Connection
+    generation: int
+    touched: set[int] = field(default_factory=set)
+    grew: set[int] = field(default_factory=set)  # galleries that got faces (PostgreSQL: may need their HNSW index now)
 
     def touch(self, gallery_id: int, grew: bool = False) -> None:
         self.touched.add(int(gallery_id))
@@ -69,15 +59,12 @@ def _person_info(gallery: str, row: Sequence[Any]) -> PersonInfo:
                       metadata=metadata or None)
 
 
-def _face_info(row: Sequence[Any], embedding: Any = None) -> FaceInfo:
-    import json
-
-    return FaceInfo(
-        id=int(row[0]), person_id=int(row[1]), person=row[2], gallery=row[3], embedder=row[4], dim=int(row[5]),
-        created_at=row[6], has_crop=bool(row[7]), source=row[8], source_sha256=row[9],
-        box=json.loads(row[10]) if row[10] else None, landmarks=json.loads(row[11]) if row[11] else None,
-        det_score=row[12], embedding=embedding,
-    )
+def _face_info(row: Any) -> FaceInfo:
+    """From ``_FACE_COLUMNS`` and the embedding (or a null)."""
+    info = FaceInfo(*row)
+    info.box, info.landmarks = (json.loads(v) if v else None for v in (info.box, info.landmarks))
+    info.has_crop = bool(info.has_crop)
+    return info
 
 
 class GalleryStore(Maintenance):
@@ -87,17 +74,9 @@ class GalleryStore(Maintenance):
 
     backend = ""
 
-    def __init__(
-        self,
-        location: Any,
-        *,
-        busy_timeout_s: float = 30.0,
-        create: bool = True,
-        ann_threshold: int | None = DEFAULT_ANN_THRESHOLD,
-        pool_min: int | None = None,
-        pool_max: int | None = None,
-        connect_timeout_s: float = 10.0,
-    ):
+    def __init__(self, location: Any, *, busy_timeout_s: float = 30.0, create: bool = True,
+                 ann_threshold: int | None = DEFAULT_ANN_THRESHOLD, pool_min: int | None = None,
+                 pool_max: int | None = None, connect_timeout_s: float = 10.0):
         if ann_threshold is not None and (
             isinstance(ann_threshold, bool) or not isinstance(ann_threshold, int) or ann_threshold < 1
         ):
@@ -120,21 +99,28 @@ class GalleryStore(Maintenance):
         prepare(self.engine, "gallery", TABLES[self.engine.dialect.name], legacy=self._legacy_revision)
 
     # --- what each backend provides -------------------------------------------------------
+    NEXT_GENERATION_SQL = GENERATION_SQL = ""  # take a new generation / read the last one
+    LEGACY_TABLE = LEGACY_VERSION_SQL = ""  # where a database written before Alembic kept its schema version
+    LEGACY_SCHEMA = 0  # the last such version (its revision is gallery_0001)
+
     def _legacy_revision(self, conn: Connection) -> str | None:
         """The revision of a database written before migrations moved to Alembic (None: none)."""
-        raise NotImplementedError
+        version = None
+        if inspect(conn).has_table(self.LEGACY_TABLE):
+            version = conn.execute(text(self.LEGACY_VERSION_SQL)).scalar()
+        if version is not None and int(version) > self.LEGACY_SCHEMA:
+            raise ConfigError(f"gallery database {self} has schema version {version}, newer than this code"
+                              f" supports ({self.LEGACY_SCHEMA}); upgrade the code")
+        return None if version is None else "gallery_0001"
 
     def _next_generation(self, conn: Connection) -> int:
-        raise NotImplementedError
+        return int(conn.execute(text(self.NEXT_GENERATION_SQL)).scalar())
 
     def _generation(self, conn: Connection) -> int:
-        raise NotImplementedError
+        return int(conn.execute(text(self.GENERATION_SQL)).scalar())
 
     def _search(self, gallery: str, q: np.ndarray, embedder_id: str, top_k: int) -> tuple[list[list[Candidate]], int]:
         raise NotImplementedError
-
-    def _before_commit(self, tx: Tx) -> None:
-        pass
 
     def _after_commit(self, tx: Tx) -> None:
         pass
@@ -153,22 +139,19 @@ class GalleryStore(Maintenance):
         return column.collate("C") if self.backend == "postgresql" else column
 
     # --- transactions and lookups -------------------------------------------------------------
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with read(self.engine, "gallery database") as conn:
-            yield conn
+    def _read(self) -> Any:
+        return read(self.engine, "gallery database")
 
     @contextmanager
     def _write(self) -> Iterator[Tx]:
         """One write transaction with a new generation, stamped on the galleries it touched."""
-        with write(self.engine, "gallery database") as conn:
+        with transaction(self.engine, "gallery database") as conn:
             tx = Tx(conn, self._next_generation(conn))
             yield tx
             if tx.touched:
                 conn.execute(
                     update(galleries).where(galleries.c.id.in_(sorted(tx.touched))).values(generation=tx.generation)
                 )
-            self._before_commit(tx)
         self._after_commit(tx)
 
     def _gallery_id(self, conn: Connection, name: str, *, lock: bool = False, create_at: int | None = None) -> int:
@@ -176,15 +159,17 @@ class GalleryStore(Maintenance):
         q = select(galleries.c.id).where(galleries.c.name == name)
         gid = conn.execute(q.with_for_update() if lock else q).scalar()
         if gid is None and create_at is not None:
-            gid = conn.execute(
-                self._insert(galleries).values(name=name, generation=create_at)
-                .on_conflict_do_nothing(index_elements=["name"]).returning(galleries.c.id)
-            ).scalar()
+            gid = self._insert_gallery(conn, name, create_at)
             if gid is None:  # created by another transaction meanwhile
                 gid = conn.execute(q.with_for_update()).scalar()
         if gid is None:
             raise gallery_not_found(name)
         return int(gid)
+
+    def _insert_gallery(self, conn: Connection, name: str, generation: int) -> int | None:
+        """The new gallery's id; None if one of that name exists."""
+        return conn.execute(self._insert(galleries).values(name=name, generation=generation)
+                            .on_conflict_do_nothing(index_elements=["name"]).returning(galleries.c.id)).scalar()
 
     @staticmethod
     def _person_row(conn: Connection, gid: int, gallery: str, name: str) -> Sequence[Any]:
@@ -213,11 +198,7 @@ class GalleryStore(Maintenance):
         """Create a gallery; :class:`ConflictError` if it exists."""
         name = validate_name(name, "gallery name")
         with self._write() as tx:
-            row = tx.conn.execute(
-                self._insert(galleries).values(name=name, generation=tx.generation)
-                .on_conflict_do_nothing(index_elements=["name"]).returning(galleries.c.id)
-            ).first()
-            if row is None:
+            if self._insert_gallery(tx.conn, name, tx.generation) is None:
                 raise ConflictError(f"gallery {name!r} already exists", details={"gallery": name})
         return self.get_gallery(name)
 
@@ -240,7 +221,8 @@ class GalleryStore(Maintenance):
         if rows:
             for gid, e, n in conn.execute(
                 select(ge.c.gallery_id, ge.c.embedder, func.sum(ge.c.faces))
-                .where(ge.c.gallery_id.in_([r[0] for r in rows]), ge.c.faces > 0).group_by(ge.c.gallery_id, ge.c.embedder)
+                .where(ge.c.gallery_id.in_([r[0] for r in rows]), ge.c.faces > 0)
+                .group_by(ge.c.gallery_id, ge.c.embedder)
             ):
                 counts.setdefault(int(gid), {})[e] = int(n)
         return [
@@ -318,8 +300,8 @@ class GalleryStore(Maintenance):
             gid = self._gallery_id(tx.conn, gallery, lock=True)
             row = self._person_row(tx.conn, gid, gallery, name)
             if new_name != name:
-                taken = tx.conn.execute(select(people.c.id).where(people.c.gallery_id == gid, people.c.name == new_name))
-                if taken.first():
+                taken = select(people.c.id).where(people.c.gallery_id == gid, people.c.name == new_name)
+                if tx.conn.execute(taken).first():
                     raise person_exists(gallery, new_name)
                 tx.conn.execute(update(people).where(people.c.id == row[0]).values(name=new_name))
                 tx.touch(gid)
@@ -346,17 +328,14 @@ class GalleryStore(Maintenance):
         return int(row[4])
 
     # --- faces --------------------------------------------------------------------------------------
-    def add_faces(
-        self, gallery: str, person: str, faces: Sequence[NewFace], *, create_missing: bool = True
-    ) -> list[int]:
+    def add_faces(self, gallery: str, person: str, faces: Sequence[NewFace], *,
+                  create_missing: bool = True) -> list[int]:
         """Enroll ``faces`` for ``person`` (all or nothing); returns the new face ids."""
-        return self.add_faces_many(gallery, {person: faces}, create_missing=create_missing)[
-            validate_name(person, "person name")
-        ]
+        ids = self.add_faces_many(gallery, {person: faces}, create_missing=create_missing)
+        return ids[validate_name(person, "person name")]
 
-    def add_faces_many(
-        self, gallery: str, faces_by_person: Mapping[str, Sequence[NewFace]], *, create_missing: bool = True
-    ) -> dict[str, list[int]]:
+    def add_faces_many(self, gallery: str, faces_by_person: Mapping[str, Sequence[NewFace]], *,
+                       create_missing: bool = True) -> dict[str, list[int]]:
         """Enroll faces for several people in one transaction; new face ids per (normalised) name."""
         gallery = validate_name(gallery, "gallery name")
         items, embedder, dim = validate_enrollment(faces_by_person)
@@ -405,7 +384,7 @@ class GalleryStore(Maintenance):
                 select(*_FACE_COLUMNS, faces.c.embedding if with_embeddings else null())
                 .select_from(_FACES_FROM).where(faces.c.person_id == prow[0]).order_by(faces.c.id)
             ).all()
-        return [_face_info(r, r[13]) for r in rows]
+        return [_face_info(r) for r in rows]
 
     def _face_row(self, conn: Connection, face_id: Any, gallery: str | None, columns: Sequence[Any],
                   lock: bool = False) -> Sequence[Any]:
@@ -426,15 +405,17 @@ class GalleryStore(Maintenance):
     def get_face(self, face_id: int, *, gallery: str | None = None, with_embedding: bool = False) -> FaceInfo:
         """A face by id; with ``gallery`` given, a face of another gallery is not found."""
         with self._read() as conn:
-            row = self._face_row(conn, face_id, gallery, (*_FACE_COLUMNS, faces.c.embedding if with_embedding else null()))
-        return _face_info(row, row[13])
+            row = self._face_row(conn, face_id, gallery,
+                                 (*_FACE_COLUMNS, faces.c.embedding if with_embedding else null()))
+        return _face_info(row)
 
     def get_face_crop(self, face_id: int, *, gallery: str | None = None) -> bytes:
         """The aligned crop as PNG bytes; :class:`FaceNotFoundError` if none is stored."""
         with self._read() as conn:
             row = self._face_row(conn, face_id, gallery, (faces.c.id, faces.c.crop_png))
         if row[1] is None:
-            raise no_crop_error(int(row[0]))
+            raise FaceNotFoundError(f"face {row[0]} has no stored crop (imported from a legacy pickle)",
+                                    details={"face_id": int(row[0])})
         return bytes(row[1])
 
     def delete_face(self, face_id: int, *, gallery: str | None = None) -> None:
@@ -455,11 +436,9 @@ class GalleryStore(Maintenance):
             return [int(r[0]) for r in rows]
 
     # --- search ------------------------------------------------------------------------------------------
-    def search_people(
-        self, gallery: str, queries: Any, embedder_id: str, top_k: int = 5
-    ) -> tuple[list[list[Candidate]], int]:
-        """Per query row, the ``top_k`` people by max cosine over their faces, best first; and how many
-        people with faces the gallery had in that same snapshot (one round trip)."""
+    def search_people(self, gallery: str, queries: Any, embedder_id: str,
+                      top_k: int = 5) -> tuple[list[list[Candidate]], int]:
+        """:meth:`search`, and how many people with faces the gallery had in that same snapshot."""
         gallery = validate_name(gallery, "gallery name")
         return self._search(gallery, as_queries(queries), validate_embedder_id(embedder_id), validate_top_k(top_k))
 

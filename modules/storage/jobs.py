@@ -1,15 +1,8 @@
 """Where video jobs live: state, progress, chunks and per-frame results, reachable by every server and worker.
 
-``open_job_store(location)`` opens a :class:`JobStore` on an SQLite file (``<data_dir>/jobs.db`` by default:
-one machine; created by the first write) or a ``postgresql://`` URL (the gallery's database and engine: several
-machines).  ``video_jobs`` has a row per job: the fields the executors coordinate on are columns, the rest a JSON
-document (``state``), ``tracks`` the per-track summary once the job has ended; ``video_chunks`` a row per frame
-range (who analyses / renders it, which attempt, how far it got, the analysis result waiting to be joined);
-``video_frames`` a row per frame result (a ``frames.jsonl`` line).
-
-Everything goes through :meth:`JobStore.tx`: one transaction (``BEGIN IMMEDIATE`` in SQLite, row locks with
-``FOR UPDATE`` in PostgreSQL), so a state change and the results it publishes are committed together or not at
-all.  The rules (who may move a job on, fencing of stale attempts) are the job system's; this module only stores.
+An SQLite file (``<data_dir>/jobs.db``, created by the first write) or a PostgreSQL URL (several machines).
+``video_jobs``: the fields the executors coordinate on as columns, the rest a JSON document.  Everything goes
+through :meth:`JobStore.tx`, so a state change and the results it publishes are committed together.
 """
 from __future__ import annotations
 
@@ -20,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +22,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import StaticPool
 
 from ..errors import ConfigError, NotFoundError
-from .engine import database_url, get_engine, is_sqlite, read as read_tx, safe_url, write as write_tx
+from .engine import database_url, get_engine, is_sqlite, safe_url, transaction
 from .migrate import prepare
+from .records import utc_now_iso as now_iso
 
 __all__ = ["ACTIVE", "JobNotFoundError", "JobStore", "Tx", "now_iso", "open_job_store"]
 
@@ -87,10 +80,6 @@ CHUNK_COLUMNS = tuple(c.name for c in video_chunks.c if c.name != "result")
 
 class JobNotFoundError(NotFoundError):
     code = "job_not_found"
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _legacy(conn: Connection) -> str | None:  # tables of before migrations (CREATE TABLE IF NOT EXISTS)
@@ -154,11 +143,6 @@ class Tx:
         if row is None:
             raise JobNotFoundError("no such video job")
         return row.tracks
-
-    def delete_job(self, job_id: str) -> None:
-        # explicit deletes: SQLite only cascades with PRAGMA foreign_keys, which old files may lack
-        for table in (video_frames, video_chunks, video_jobs):
-            self.conn.execute(delete(table).where(table.c.job_id == job_id))
 
     # --- chunks --------------------------------------------------------------------------------------------
     def chunks(self, job_id: str, *, lock: bool = False) -> list[dict[str, Any]]:
@@ -250,7 +234,7 @@ class JobStore:
             engine = _empty()
         else:
             engine = self._engine or self._open()
-        with (write_tx if write else read_tx)(engine, "job database") as conn:
+        with transaction(engine, "job database", write=write) as conn:
             yield Tx(self, conn)
 
     def close(self) -> None:
@@ -305,11 +289,9 @@ class JobStore:
             return int(tx.conn.execute(stmt.values(heartbeat=time.time())).rowcount or 0)
 
     def delete(self, job_id: str) -> None:
-        with self.tx() as tx:
-            tx.delete_job(job_id)
+        with self.tx() as tx:  # explicit deletes: SQLite only cascades with PRAGMA foreign_keys, old files lack it
+            for table in (video_frames, video_chunks, video_jobs):
+                tx.conn.execute(delete(table).where(table.c.job_id == job_id))
 
 
-def open_job_store(location: str | Path) -> JobStore:
-    """A path, ``sqlite:///path`` or ``postgresql://...`` URL -> its :class:`JobStore`."""
-    return JobStore(location)
-
+open_job_store = JobStore  # a path, ``sqlite:///path`` or ``postgresql://...`` URL -> its store

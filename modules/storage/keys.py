@@ -1,11 +1,8 @@
 """API keys: random, shown once, stored only as SHA-256 hashes (``<data dir>/keys.db``).
 
-A key looks like ``frk_<id>_<secret>``: ``id`` (12 hex digits) finds the row,
-``secret`` (256 random bits) is what makes it unguessable.  Only
-``sha256(key)`` is stored; a high-entropy random key needs no slow password
-hash (the same reasoning as GitHub's and Stripe's tokens), and the comparison
-is constant-time.  Each key carries the galleries it may use (``*`` = all) and
-an admin flag (admin keys may delete galleries and re-embed them).
+A key is ``frk_<id>_<secret>``: ``id`` (12 hex digits) finds the row, ``secret`` (256 random bits) makes it
+unguessable, so a fast hash suffices (as for GitHub's and Stripe's tokens); the comparison is constant-time.
+Each key carries the galleries it may use (``*`` = all) and an admin flag (may delete and re-embed galleries).
 """
 from __future__ import annotations
 
@@ -23,7 +20,7 @@ from sqlalchemy import Column, Integer, MetaData, Table, Text, func, inspect, se
 
 from ..errors import InvalidRequestError, NotFoundError
 from .records import validate_name
-from .engine import get_engine, is_sqlite, read, write
+from .engine import get_engine, is_sqlite, read, transaction
 from .migrate import prepare
 
 KEY_PREFIX = "frk"
@@ -87,7 +84,7 @@ class KeyStore:
         key = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
         record = ApiKey(id=key_id, galleries=tuple(dict.fromkeys(scope)), admin=admin, label=label, created_at=_now())
         row = {**asdict(record), "galleries": json.dumps(list(record.galleries)), "admin": int(admin)}
-        with write(self.engine, WHAT) as conn:
+        with transaction(self.engine, WHAT) as conn:
             conn.execute(api_keys.insert().values({**row, "key_sha256": hash_key(key)}))
         return key, record
 
@@ -108,7 +105,7 @@ class KeyStore:
 
     def revoke(self, key_id: str) -> None:
         stmt = update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-        with write(self.engine, WHAT) as conn:
+        with transaction(self.engine, WHAT) as conn:
             if conn.execute(stmt.values(revoked_at=_now())).rowcount == 0:
                 raise NotFoundError(f"no active key with id {key_id!r}")
 

@@ -1,33 +1,26 @@
-"""Import/export of the original tools' pickled ``{name: embedding}`` galleries.
+"""Import/export of the original tools' pickled ``{name: embedding(s)}`` galleries.
 
-The old tools kept a gallery as a pickled dict ``{name: embedding}`` or
-``{name: [embedding, ...]}`` (numpy arrays or lists, ``(d,)`` or ``(1, d)``).
-Unpickling runs code, so an import is refused unless the caller says the file
-is trusted, and even then a restricted unpickler only lets numpy arrays and
-plain containers be rebuilt: anything else (``os.system``, ``eval``,
-``subprocess``...) raises :class:`~modules.errors.UntrustedPickleError` before
-it is called.  The gallery itself never uses pickle.
-
-Legacy embeddings carry no crop, so faces imported here cannot be re-embedded
-with another model; they are stamped with the embedder id the caller names and
-with ``source_sha256`` = the SHA-256 of the pickle file (importing the same
-file twice into a gallery is refused).
+Unpickling runs code, so an import is refused unless the caller says the file is trusted, and even then a
+restricted unpickler rebuilds only numpy arrays and plain containers: any other global (``os.system``,
+``eval``...) raises :class:`~modules.errors.UntrustedPickleError` before it is called.  Imported faces carry
+no crop (they cannot be re-embedded) and ``source_sha256`` = the pickle's SHA-256 (no second import).
 """
 from __future__ import annotations
 
 import codecs
 import collections
+import contextlib
 import hashlib
 import io
 import os
 import pickle
 import tempfile
-import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy._core import multiarray, numeric
 
 from ..errors import ConflictError, GalleryNotFoundError, InvalidRequestError, UntrustedPickleError
 from .records import NewFace, validate_name
@@ -45,34 +38,21 @@ def _latin1_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") ->
     return codecs.encode(obj, encoding, errors)
 
 
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    from numpy._core import multiarray, numeric
-
-    allowed: dict[tuple[str, str], Any] = {}
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(mod, "_reconstruct")] = multiarray._reconstruct
-        allowed[(mod, "scalar")] = multiarray.scalar
-    for mod in ("numpy.core.numeric", "numpy._core.numeric"):
-        allowed[(mod, "_frombuffer")] = numeric._frombuffer
-    allowed[("numpy", "ndarray")] = np.ndarray
-    allowed[("numpy", "dtype")] = np.dtype
-    allowed[("_codecs", "encode")] = _latin1_encode
-    for name, obj in (("list", list), ("dict", dict), ("tuple", tuple), ("float", float), ("int", int)):
-        allowed[("builtins", name)] = obj
-        allowed[("__builtin__", name)] = obj
-    allowed[("collections", "OrderedDict")] = collections.OrderedDict
-    return allowed
+_ALLOWED: dict[tuple[str, str], Any] = {
+    ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_encode,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    **{(f"numpy.{core}.multiarray", name): getattr(multiarray, name)
+       for core in ("core", "_core") for name in ("_reconstruct", "scalar")},
+    **{(f"numpy.{core}.numeric", "_frombuffer"): numeric._frombuffer for core in ("core", "_core")},
+    **{(mod, t.__name__): t for mod in ("builtins", "__builtin__") for t in (list, dict, tuple, float, int)},
+}
 
 
 class RestrictedUnpickler(pickle.Unpickler):
     """Rebuilds numpy arrays, dicts, lists and numbers; refuses every other global."""
 
-    _allowed: dict[tuple[str, str], Any] | None = None
-
     def find_class(self, module: str, name: str) -> Any:
-        if RestrictedUnpickler._allowed is None:
-            RestrictedUnpickler._allowed = _allowed_globals()
-        obj = RestrictedUnpickler._allowed.get((module, name))
+        obj = _ALLOWED.get((module, name))
         if obj is None:
             raise UntrustedPickleError(
                 f"the pickle references {module}.{name}, which is not allowed in a legacy gallery"
@@ -99,40 +79,27 @@ def restricted_loads(data: bytes) -> Any:
         raise InvalidRequestError(f"not a valid legacy gallery pickle: {type(exc).__name__}: {exc}") from exc
 
 
+def _numbers(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and all(isinstance(x, (int, float, np.number)) and not isinstance(x, bool)
+                                                for x in v)
+
+
 def _vectors(name: str, value: Any) -> list[np.ndarray]:
-    """The embedding(s) of one entry: an array ``(d,)``/``(n, d)`` or a list of vectors / of numbers."""
-
-    def as_array(v: Any, what: str) -> np.ndarray:
-        if isinstance(v, np.ndarray):
-            if v.dtype.kind not in "fiu":
-                raise InvalidRequestError(f"{what} has dtype {v.dtype}; expected numbers")
-            return v.astype(np.float64)
-        if isinstance(v, (list, tuple)) and all(
-            isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in v
-        ):
-            return np.asarray(v, dtype=np.float64)
-        raise InvalidRequestError(f"{what} is a {type(v).__name__}, not an embedding")
-
+    """The unit embedding(s) of one entry: an array ``(d,)``/``(n, d)``, a list of numbers, or a list of those."""
     what = f"entry {name!r}"
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise InvalidRequestError(f"{what} has no embeddings")
-        if all(isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in value):
-            arrays = [np.asarray(value, dtype=np.float64)]  # one embedding given as a list of numbers
-        else:
-            arrays = [as_array(v, f"{what}[{i}]") for i, v in enumerate(value)]
-    else:
-        arrays = [as_array(value, what)]
+    if isinstance(value, (list, tuple)) and not value:
+        raise InvalidRequestError(f"{what} has no embeddings")
+    many = isinstance(value, (list, tuple)) and not _numbers(value)  # else one array, or one list of numbers
     out: list[np.ndarray] = []
-    for i, a in enumerate(arrays):
-        label = f"{what}[{i}]" if len(arrays) > 1 else what
-        if a.ndim == 1:
-            rows = [a]
-        elif a.ndim == 2 and a.shape[0] >= 1:
-            rows = list(a)
-        else:
+    for label, v in [(f"{what}[{i}]", v) for i, v in enumerate(value)] if many else [(what, value)]:
+        if isinstance(v, np.ndarray) and v.dtype.kind not in "fiu":
+            raise InvalidRequestError(f"{label} has dtype {v.dtype}; expected numbers")
+        if not isinstance(v, np.ndarray) and not _numbers(v):
+            raise InvalidRequestError(f"{label} is a {type(v).__name__}, not an embedding")
+        a = np.asarray(v, dtype=np.float64)
+        if a.ndim not in (1, 2) or a.ndim == 2 and a.shape[0] == 0:
             raise InvalidRequestError(f"{label} has shape {a.shape}; expected (d,) or (n, d)")
-        for r in rows:
+        for r in a[None] if a.ndim == 1 else a:
             if r.size == 0:
                 raise InvalidRequestError(f"{label} is empty")
             if not np.all(np.isfinite(r)):
@@ -166,19 +133,15 @@ def parse_legacy(obj: Any) -> dict[str, list[np.ndarray]]:
                     f"entry {key!r} has {v.shape[0]}-d embeddings but {first_name!r} has {dim}-d;"
                     " all embeddings must have one dimension"
                 )
-        people.setdefault(unicodedata.normalize("NFC", name), []).extend(vecs)
+        people.setdefault(name, []).extend(vecs)  # (NFC-normalised)
     return people
 
 
 def import_legacy_pickle(
     store: "GalleryStore", path: str | Path, gallery: str, embedder_id: str, *, trusted: bool = False
 ) -> dict[str, Any]:
-    """Import ``{name: embedding(s)}`` from a legacy pickle into ``gallery``; all or nothing.
-
-    ``embedder_id`` is the model that produced the pickled embeddings (the old
-    tools did not record it).  Refused with :class:`UntrustedPickleError` unless
-    ``trusted`` is true.
-    """
+    """Import a legacy pickle into ``gallery``, all or nothing; ``embedder_id`` is the model that produced the
+    embeddings (the old tools did not record it).  :class:`UntrustedPickleError` unless ``trusted``."""
     path = Path(path)
     if trusted is not True:
         raise UntrustedPickleError(
@@ -210,35 +173,20 @@ def import_legacy_pickle(
             f" ({len(already)} faces); delete those people first to import it again",
             details={"gallery": gallery, "source_sha256": sha},
         )
-    faces = {
-        name: [
-            NewFace(embedding=v, embedder=embedder_id, crop_png=None, source=f"{path.name}:{name}[{i}]", source_sha256=sha)
-            for i, v in enumerate(vecs)
-        ]
-        for name, vecs in people.items()
-    }
+    faces = {name: [NewFace(embedding=v, embedder=embedder_id, source=f"{path.name}:{name}[{i}]", source_sha256=sha)
+                    for i, v in enumerate(vecs)] for name, vecs in people.items()}
     ids = store.add_faces_many(gallery, faces, create_missing=True)
     dim = next(iter(people.values()))[0].shape[0]
-    return {
-        "gallery": gallery,
-        "people": len(ids),
-        "faces": sum(len(v) for v in ids.values()),
-        "embedder": embedder_id,
-        "dim": int(dim),
-        "source_sha256": sha,
-    }
+    return {"gallery": gallery, "people": len(ids), "faces": sum(len(v) for v in ids.values()),
+            "embedder": embedder_id, "dim": int(dim), "source_sha256": sha}
 
 
 def export_legacy_pickle(
     store: "GalleryStore", path: str | Path, gallery: str, embedder_id: str, *, mode: str = "mean"
 ) -> dict[str, Any]:
-    """Write ``gallery`` as the old tools' pickle, atomically (temp file + ``os.replace``).
-
-    ``mode='mean'``: ``{name: float32 (d,)}``, the re-normalised mean of the
-    person's unit embeddings; ``mode='list'``: ``{name: [float32 (d,), ...]}``.
-    Raises :class:`EmbedderMismatchError` if the gallery holds another model's
-    embeddings.  People without faces are left out.
-    """
+    """Write ``gallery`` (people with faces) as the old tools' pickle, atomically: ``mode='mean'``
+    ``{name: float32 (d,)}``, the re-normalised mean of the person's embeddings; ``mode='list'``
+    ``{name: [float32 (d,), ...]}``.  :class:`EmbedderMismatchError` if they are another model's."""
     if mode not in ("mean", "list"):
         raise InvalidRequestError(f"mode must be 'mean' or 'list', got {mode!r}")
     by_person = store.embeddings_by_person(gallery, embedder_id)
@@ -260,15 +208,8 @@ def export_legacy_pickle(
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
-    return {
-        "gallery": gallery,
-        "people": len(out),
-        "faces": int(sum(len(e) for e in by_person.values())),
-        "mode": mode,
-        "path": str(path),
-    }
+    return {"gallery": gallery, "people": len(out), "faces": int(sum(len(e) for e in by_person.values())),
+            "mode": mode, "path": str(path)}

@@ -1,10 +1,8 @@
-"""What the gallery store does beyond CRUD and search, written once: re-embedding, stats, export, legacy pickles.
-
-:class:`Maintenance` is a part of :class:`~modules.storage.gallery.GalleryStore`
-(it uses the store's transactions and lookups).
-"""
+"""What the gallery store does beyond CRUD and search: re-embedding, stats, export, legacy pickles (a part of
+:class:`~modules.storage.gallery.GalleryStore`, using its transactions and lookups)."""
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,8 @@ from sqlalchemy import Connection, bindparam, delete, func, select, update
 from . import legacy_pickles
 from .engine import safe_url
 from .migrate import head
-from .records import embed_crops, mismatch_error, uncroppable_error, validate_embedder_id, validate_name, validate_reembed_args
+from ..errors import InvalidRequestError
+from .records import embed_crops, mismatch_error, uncroppable_error, validate_embedder_id, validate_name
 from .tables import faces, gallery_embedders as ge, people
 
 SCHEMA_VERSION = int(head("gallery").rsplit("_", 1)[1])  # gallery_0002 -> 2
@@ -33,40 +32,30 @@ class Maintenance:
             groups = self._embedders(conn, gid)
             if groups and (len(groups) != 1 or next(iter(groups))[0] != embedder_id):
                 raise mismatch_error(gallery, groups, embedder_id, None)
-            rows = conn.execute(select(people.c.name, faces.c.embedding).join_from(faces, people, people.c.id == faces.c.person_id)
+            rows = conn.execute(select(people.c.name, faces.c.embedding)
+                                .join_from(faces, people, people.c.id == faces.c.person_id)
                                 .where(faces.c.gallery_id == gid).order_by(faces.c.person_id, faces.c.id)).all()
         by: dict[str, list[np.ndarray]] = {}
         for name, emb in rows:
             by.setdefault(name, []).append(emb)
         return {name: np.stack(v) for name, v in by.items()}
 
-    def reembed(
-        self,
-        gallery: str | None,
-        embedder: Any,
-        *,
-        batch_size: int = 64,
-        drop_uncroppable: bool = False,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> dict[str, Any]:
-        """Recompute every embedding in scope (one gallery or all) from its stored crop, in one transaction.
-
-        The crops are embedded before the write transaction (other processes keep enrolling and
-        searching meanwhile); faces enrolled in between are embedded inside it.  Faces without a
-        crop whose stamp already is ``embedder``'s are kept; other crop-less faces make it fail with
-        :class:`ConflictError` unless ``drop_uncroppable`` deletes them.
-        """
-        gallery, model_id, dim = validate_reembed_args(gallery, embedder, batch_size)
+    def reembed(self, gallery: str | None, embedder: Any, *, batch_size: int = 64, drop_uncroppable: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Recompute every embedding in scope (one gallery or all) from its stored crop, in one transaction
+        (the crops embedded before it); crop-less faces of another model are a :class:`ConflictError` unless
+        ``drop_uncroppable`` deletes them."""
+        gallery = None if gallery is None else validate_name(gallery, "gallery name")
+        model_id = validate_embedder_id(getattr(embedder, "model_id", None))
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidRequestError(f"batch_size must be a positive integer, got {batch_size!r}")
+        dim = int(embedder.dim)
 
         def uncroppable(conn: Connection, gids: list[int], names: dict[int, str]) -> tuple[dict[str, int], list[int]]:
-            counts: dict[str, int] = {}
-            ids = []
-            for fid, g in conn.execute(select(faces.c.id, faces.c.gallery_id).where(
-                    faces.c.gallery_id.in_(gids), faces.c.crop_png.is_(None),
-                    ~((faces.c.embedder == model_id) & (faces.c.dim == dim)))):
-                counts[names[int(g)]] = counts.get(names[int(g)], 0) + 1
-                ids.append(int(fid))
-            return counts, ids
+            rows = conn.execute(select(faces.c.id, faces.c.gallery_id).where(
+                faces.c.gallery_id.in_(gids), faces.c.crop_png.is_(None),
+                ~((faces.c.embedder == model_id) & (faces.c.dim == dim)))).all()
+            return dict(Counter(names[int(g)] for _, g in rows)), [int(fid) for fid, _ in rows]
 
         def croppable(conn: Connection, gids: list[int]) -> list[int]:
             q = select(faces.c.id).where(faces.c.gallery_id.in_(gids), faces.c.crop_png.isnot(None))
@@ -106,23 +95,22 @@ class Maintenance:
                     .values(embedder=model_id, dim=dim, embedding=bindparam("emb"), gen=tx.generation),
                     [{"fid": fid, "emb": computed[fid]} for fid in current],
                 )
-            kept = tx.conn.execute(select(func.count()).where(faces.c.gallery_id.in_(gids), faces.c.crop_png.is_(None)))
-            kept = int(kept.scalar())
+            kept = tx.conn.scalar(select(func.count()).where(faces.c.gallery_id.in_(gids), faces.c.crop_png.is_(None)))
             for gid in gids:
                 tx.touch(gid, grew=True)
         self._reembedded(gids, dim)
         return {"galleries": len(gids), "reembedded": len(current), "dropped": len(drop_ids),
-                "kept_without_crop": kept, "embedder": model_id, "dim": dim}
+                "kept_without_crop": int(kept), "embedder": model_id, "dim": dim}
 
     def stats(self, gallery: str | None = None) -> dict[str, Any]:
         gallery = None if gallery is None else validate_name(gallery, "gallery name")
         with self._read() as conn:
             gids, _ = self._scope(conn, gallery)
             n_people = conn.execute(select(func.count()).where(people.c.gallery_id.in_(gids))).scalar()
-            rows = conn.execute(select(ge.c.embedder, ge.c.dim, func.sum(ge.c.faces))
-                                .where(ge.c.gallery_id.in_(gids), ge.c.faces > 0).group_by(ge.c.embedder, ge.c.dim)).all()
-            no_crop = conn.execute(select(func.count()).where(faces.c.gallery_id.in_(gids), faces.c.crop_png.is_(None)))
-            no_crop, generation = no_crop.scalar(), self._generation(conn)
+            rows = conn.execute(select(ge.c.embedder, ge.c.dim, func.sum(ge.c.faces)).where(
+                ge.c.gallery_id.in_(gids), ge.c.faces > 0).group_by(ge.c.embedder, ge.c.dim)).all()
+            no_crop = conn.scalar(select(func.count()).where(faces.c.gallery_id.in_(gids), faces.c.crop_png.is_(None)))
+            generation = self._generation(conn)
         return {
             "path": self._location(), "schema_version": SCHEMA_VERSION, "generation": int(generation),
             "galleries": len(gids), "people": int(n_people), "faces": int(sum(r[2] for r in rows)),
@@ -139,23 +127,20 @@ class Maintenance:
         with self._read() as conn:
             gid = self._gallery_id(conn, gallery)
             rows = conn.execute(
-                select(people.c.id, people.c.name, faces.c.id, faces.c.source, faces.c.source_sha256, faces.c.created_at,
-                       faces.c.embedder, faces.c.dim, faces.c.crop_png.isnot(None), faces.c.det_score)
+                select(people.c.id.label("person_id"), people.c.name.label("person"), faces.c.id.label("face_id"),
+                       faces.c.source, faces.c.source_sha256, faces.c.created_at, faces.c.embedder, faces.c.dim,
+                       faces.c.crop_png.isnot(None).label("has_crop"), faces.c.det_score)
                 .select_from(people.outerjoin(faces, faces.c.person_id == people.c.id))
-                .where(people.c.gallery_id == gid).order_by(self._by_name(people.c.name), faces.c.id)
-            ).all()
-        keys = ("person_id", "person", "face_id", "source", "source_sha256", "created_at", "embedder", "dim",
-                "has_crop", "det_score")
-        out = [{"gallery": gallery, **dict(zip(keys, r))} for r in rows]
+                .where(people.c.gallery_id == gid).order_by(self._by_name(people.c.name), faces.c.id)).all()
+        out = [{"gallery": gallery, **r._asdict()} for r in rows]
         for row in out:
             row["has_crop"] = None if row["face_id"] is None else bool(row["has_crop"])
         return out
 
-
-    def import_legacy_pickle(
-        self, path: str | Path, gallery: str, embedder_id: str, *, trusted: bool = False
-    ) -> dict[str, Any]:
+    def import_legacy_pickle(self, path: str | Path, gallery: str, embedder_id: str, *,
+                             trusted: bool = False) -> dict[str, Any]:
         return legacy_pickles.import_legacy_pickle(self, path, gallery, embedder_id, trusted=trusted)
 
-    def export_legacy_pickle(self, path: str | Path, gallery: str, embedder_id: str, mode: str = "mean") -> dict[str, Any]:
+    def export_legacy_pickle(self, path: str | Path, gallery: str, embedder_id: str,
+                             mode: str = "mean") -> dict[str, Any]:
         return legacy_pickles.export_legacy_pickle(self, path, gallery, embedder_id, mode=mode)

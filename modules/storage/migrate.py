@@ -1,24 +1,10 @@
-"""Schema migrations for every store, SQLite and PostgreSQL, in one Alembic environment.
+"""Schema migrations of every store, SQLite and PostgreSQL, in one Alembic environment.
 
-Each store's tables are one Alembic *branch* (``gallery``, ``jobs``, ``keys``) in
-``modules/storage/migrations/versions``; a database holds the branches of the
-stores that live in it (a PostgreSQL database can hold the gallery and the jobs;
-an SQLite file holds one store), and the version table ``facerec_schema``
-records one head per branch.
-
-:func:`prepare` brings a store's branch up to date when the store opens:
-
-* branch already recorded: ``alembic upgrade <branch>@head``;
-* a database written before Alembic (the store's *legacy* check recognises its
-  tables and says which revision they correspond to): that revision is stamped,
-  then upgraded (Alembic's documented way to adopt an existing database);
-* a new database: the store's current tables are created from its SQLAlchemy
-  metadata and the head is stamped (Alembic's "create from scratch" recipe), so
-  the revisions only ever describe changes.
-
-Several processes may open a store at once (gunicorn workers, RQ workers):
-migrations run under a lock (a lock file beside an SQLite database, an advisory
-lock in PostgreSQL), and the state is read again once the lock is held.
+Each store's tables are one Alembic *branch* (``gallery``, ``jobs``, ``keys``); the version table
+``facerec_schema`` records one head per branch.  :func:`prepare` upgrades a recorded branch, stamps a
+database written before Alembic at the revision its *legacy* check names and upgrades it, or creates a new
+database's tables from the metadata and stamps the head.  It runs under a lock (a file beside an SQLite
+database, an advisory lock in PostgreSQL) and reads the state again once the lock is held.
 """
 from __future__ import annotations
 
@@ -46,7 +32,7 @@ _ADVISORY_LOCK = 0x6661636572656302  # "facerec" + 2
 LegacyCheck = Callable[[Connection], "str | None"]
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
+def _config(connection: Connection | None = None) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("version_table", VERSION_TABLE)
@@ -55,7 +41,7 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def _script() -> ScriptDirectory:
-    return ScriptDirectory.from_config(alembic_config())
+    return ScriptDirectory.from_config(_config())
 
 
 def head(branch: str) -> str:
@@ -64,19 +50,14 @@ def head(branch: str) -> str:
 
 
 def _branch_heads(conn: Connection, branch: str) -> list[str]:
-    """The revisions of ``branch`` recorded in the database (none: the branch is not there yet).
-
-    A revision this code does not know but named like the branch's (``gallery_0099``) was written
-    by newer code: :class:`ConfigError`, never a downgrade or a second set of tables.
-    """
+    """The revisions of ``branch`` recorded in the database; one named like the branch's but unknown here
+    (``gallery_0099``) was written by newer code: :class:`ConfigError`."""
     ours = {rev.revision for rev in _script().iterate_revisions(f"{branch}@head", "base")}
     current = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_heads()
     newer = [r for r in current if r not in ours and r.startswith(f"{branch}_")]
     if newer:
-        raise ConfigError(
-            f"the {branch} database {safe_url(conn.engine.url)} has schema version {newer[0]}, newer than this"
-            f" code supports ({head(branch)}); upgrade the code"
-        )
+        raise ConfigError(f"the {branch} database {safe_url(conn.engine.url)} has schema version {newer[0]},"
+                          f" newer than this code supports ({head(branch)}); upgrade the code")
     return [r for r in current if r in ours]
 
 
@@ -103,13 +84,10 @@ def prepare(engine: Engine, branch: str, tables: Sequence[Table], legacy: Legacy
 def _prepare_locked(engine: Engine, branch: str, tables: Sequence[Table], legacy: LegacyCheck | None) -> None:
     with engine.connect() as conn:
         current = _branch_heads(conn, branch) if inspect(conn).has_table(VERSION_TABLE) else []
-        stamp = None
-        if not current:
-            stamp = legacy(conn) if legacy is not None else None
+        stamp = legacy(conn) if not current and legacy is not None else None
         conn.rollback()
     if current:
-        target = head(branch)
-        if current == [target]:
+        if current == [head(branch)]:
             return
         _run(engine, lambda cfg: command.upgrade(cfg, f"{branch}@head"))
     elif stamp is not None:
@@ -124,4 +102,4 @@ def _prepare_locked(engine: Engine, branch: str, tables: Sequence[Table], legacy
 
 def _run(engine: Engine, step: Callable[[Config], None]) -> None:
     with engine.begin() as conn:
-        step(alembic_config(conn))
+        step(_config(conn))

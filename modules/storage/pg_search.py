@@ -1,22 +1,8 @@
 """Search of the PostgreSQL gallery with pgvector: several API servers against one database.
 
-Nothing is cached in the process: every search is one SQL query, so an
-enrollment committed by any server is seen by the next search of every other
-server at once.  Search is exact (every face of the gallery, grouped per person
-in SQL) until the gallery has ``ann_threshold`` faces; then a partial HNSW index
-of that gallery alone, ``faces_hnsw_g<gallery id>_d<dim>`` on
-``(embedding::vector(<dim>)) vector_cosine_ops WHERE gallery_id = <id> AND dim =
-<dim>``, is built (``CREATE INDEX CONCURRENTLY``: enrollment and search go on
-meanwhile; one server builds it, under an advisory lock) and search asks it for
-the ``top_k * overfetch`` nearest faces with ``hnsw.ef_search`` set, keeping each
-person's best face; a near-tie between the top two people (where a narrow beam
-errs) is searched again with ``ef_search`` 1000.  One index per gallery means a
-search never wades through other galleries' faces (pgvector 0.6 filters *after*
-the index scan).
-
-The ``vector`` extension is created if missing (that needs the right to do so;
-otherwise a DBA runs ``CREATE EXTENSION vector``).  pgvector 0.5 or newer is
-required (HNSW).
+Nothing is cached in the process: every search is one SQL query.  From ``ann_threshold`` faces a gallery is
+searched through its own partial HNSW index (``faces_hnsw_g<id>_d<dim>``, built ``CONCURRENTLY`` by one
+server), because pgvector 0.6 filters *after* the index scan.  pgvector 0.5 or newer is required.
 """
 from __future__ import annotations
 
@@ -28,19 +14,18 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, exc as sa_exc, inspect, text
+from sqlalchemy import Connection, exc as sa_exc, text
 
 from ..errors import ConfigError, FaceRecError
 from ..face import Candidate
 from .engine import db_error, safe_url
 from .gallery import GalleryStore, Tx
-from .records import gallery_not_found, mismatch_error, validate_name
+from .records import as_queries, gallery_not_found, mismatch_error, validate_name
 
 log = logging.getLogger(__name__)
 
 MIN_PGVECTOR = (0, 5, 0)
 MAX_EF_SEARCH = 1000  # pgvector's limit for hnsw.ef_search
-LEGACY_SCHEMA = 1  # the last version in gallery_schema_migrations before Alembic
 _EXTENSION_LOCK = 0x6661636572656301  # advisory lock key: "facerec" + 1
 
 
@@ -58,30 +43,16 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 
 
 class PostgresGallery(GalleryStore):
-    """The gallery in the PostgreSQL database at ``url`` (``postgresql://user:pass@host:port/db``).
-
-    ``ann_autobuild`` says who builds a gallery's HNSW index when a write crosses ``ann_threshold``:
-    ``"background"`` (a thread of the writing process, default), ``"sync"`` (the write waits for
-    it) or ``"off"`` (only :meth:`ensure_ann_index`, e.g. from a maintenance job).
-    """
+    """The gallery in the PostgreSQL database at ``url``.  ``ann_autobuild``: who builds a gallery's HNSW index
+    when a write crosses ``ann_threshold``: ``"background"`` (a thread of the writer), ``"sync"`` (the write
+    waits) or ``"off"`` (only :meth:`ensure_ann_index`, e.g. from a maintenance job)."""
 
     backend = "postgresql"
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        ann_autobuild: str = "background",
-        hnsw_m: int = 16,
-        hnsw_ef_construction: int = 64,
-        ef_search: int = 100,
-        overfetch: int = 4,
-        refine_margin: float = 0.1,
-        refine_ef: int = MAX_EF_SEARCH,
-        maintenance_work_mem: str = "1GB",
-        build_workers: int | None = None,
-        **options: Any,
-    ):
+    def __init__(self, url: str, *, ann_autobuild: str = "background", hnsw_m: int = 16,
+                 hnsw_ef_construction: int = 64, ef_search: int = 100, overfetch: int = 4, refine_margin: float = 0.1,
+                 refine_ef: int = MAX_EF_SEARCH, maintenance_work_mem: str = "1GB", build_workers: int | None = None,
+                 **options: Any):
         if ann_autobuild not in ("background", "sync", "off"):
             raise ConfigError(f"ann_autobuild must be 'background', 'sync' or 'off', got {ann_autobuild!r}")
         self.url = str(url).strip()
@@ -106,7 +77,8 @@ class PostgresGallery(GalleryStore):
     def _prepare(self) -> None:
         with self.engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _EXTENSION_LOCK})
-            version = conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar()
+            installed = text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+            version = conn.execute(installed).scalar()
             if version is None:
                 try:
                     with conn.begin_nested():
@@ -117,27 +89,17 @@ class PostgresGallery(GalleryStore):
                         f" ({type(exc.orig).__name__}: {str(exc.orig).strip()}); install pgvector >= 0.5 on the"
                         " server and run CREATE EXTENSION vector as its owner"
                     ) from exc
-                version = conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar()
+                version = conn.execute(installed).scalar()
         self.pgvector_version = str(version)
         if _version_tuple(self.pgvector_version) < MIN_PGVECTOR:
             raise ConfigError(f"pgvector {version} is too old: the gallery needs 0.5 or newer (HNSW);"
                               " ALTER EXTENSION vector UPDATE")
         super()._prepare()
 
-    def _legacy_revision(self, conn: Connection) -> str | None:
-        if not inspect(conn).has_table("gallery_schema_migrations"):
-            return None
-        version = conn.execute(text("SELECT max(version) FROM gallery_schema_migrations")).scalar()
-        if version is not None and int(version) > LEGACY_SCHEMA:
-            raise ConfigError(f"gallery database {self} has schema version {version}, newer than this code"
-                              f" supports ({LEGACY_SCHEMA}); upgrade the code")
-        return None if version is None else "gallery_0001"
-
-    def _next_generation(self, conn: Connection) -> int:
-        return conn.execute(text("SELECT nextval('gallery_generation')")).scalar()
-
-    def _generation(self, conn: Connection) -> int:
-        return conn.execute(text("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM gallery_generation")).scalar()
+    NEXT_GENERATION_SQL = "SELECT nextval('gallery_generation')"
+    GENERATION_SQL = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM gallery_generation"
+    LEGACY_TABLE, LEGACY_SCHEMA = "gallery_schema_migrations", 1
+    LEGACY_VERSION_SQL = "SELECT max(version) FROM gallery_schema_migrations"
 
     def _after_commit(self, tx: Tx) -> None:
         for gid in tx.grew:
@@ -175,9 +137,10 @@ class PostgresGallery(GalleryStore):
 
     # --- search -------------------------------------------------------------------------------------------
     @staticmethod
-    def _search_state(conn: Connection, gallery: str, dim: int) -> tuple[int, dict[tuple[str, int], int], bool, int]:
-        """The gallery's id, its faces per (embedder, dim), whether its HNSW index for ``dim`` is usable,
-        and its people with faces."""
+    def _search_state(conn: Connection, gallery: str,
+                      dim: int) -> tuple[int, dict[tuple[str, int], int], bool, int]:
+        """The gallery's id, faces per (embedder, dim), whether its HNSW index for ``dim`` is usable, and its
+        people with faces."""
         row = conn.execute(text(
             "SELECT g.id, g.people_with_faces,"
             " (SELECT coalesce(json_agg(json_build_array(e.embedder, e.dim, e.faces)), '[]'::json)"
@@ -231,12 +194,10 @@ class PostgresGallery(GalleryStore):
             "  ORDER BY f.person_id, d, f.id) b"
             " JOIN people p ON p.id = b.person_id ORDER BY b.d, b.person_id LIMIT :k"), {"q": qtext, "k": top_k}).all()
 
-    def _ann_query(self, conn: Connection, gid: int, dim: int, qtext: str, top_k: int, n_faces: int, ef: int) -> list[Any]:
-        """The ``fetch`` nearest faces from the gallery's HNSW index, best face per person, top ``top_k``.
-
-        The gallery id and dim are literals so the planner can match the partial index; if the nearest
-        faces belong to fewer than ``top_k`` people, fetch more (exact past pgvector's ef_search limit).
-        """
+    def _ann_query(self, conn: Connection, gid: int, dim: int, qtext: str, top_k: int, n_faces: int,
+                   ef: int) -> list[Any]:
+        """The nearest faces from the gallery's HNSW index (id and dim literal, so the planner matches the partial
+        index), best face per person, top ``top_k``; fetches more while too few people (exact past 1000)."""
         fetch = max(top_k * self.overfetch, 16)
         vec = f"vector({int(dim)})"
         while True:
@@ -257,8 +218,6 @@ class PostgresGallery(GalleryStore):
 
     def explain_search(self, gallery: str, query: Any, top_k: int = 1) -> str:
         """The query plan of one search (to check that the HNSW index is used)."""
-        from .records import as_queries
-
         q = as_queries(query)[0]
         dim = int(q.shape[0])
         vec = f"vector({dim})"
@@ -292,8 +251,7 @@ class PostgresGallery(GalleryStore):
             self.ensure_ann_index(name)
             return
         with self._builds_lock:
-            running = self._builds.get(gid)
-            if running is not None and running.is_alive():
+            if gid in self._builds and self._builds[gid].is_alive():
                 return
 
             def build() -> None:
@@ -314,11 +272,8 @@ class PostgresGallery(GalleryStore):
         return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
     def ensure_ann_index(self, gallery: str, *, concurrently: bool = True) -> dict[str, Any]:
-        """Build the gallery's HNSW index if it has none (one builder at a time across servers).
-
-        ``CREATE INDEX CONCURRENTLY`` lets enrollment and (exact) search go on meanwhile; an index
-        left invalid by an interrupted build is dropped and rebuilt.  Returns what was done.
-        """
+        """Build the gallery's HNSW index if it has none (one builder at a time across servers; an index left
+        invalid by an interrupted build is rebuilt); returns what was done."""
         gallery = validate_name(gallery, "gallery name")
         with self._read() as conn:
             gid = self._gallery_id(conn, gallery)
@@ -333,8 +288,8 @@ class PostgresGallery(GalleryStore):
                 if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), lock).scalar():
                     return {"gallery": gallery, "built": False, "reason": "being built by another process"}
                 try:
-                    valid = conn.execute(text("SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(:n)"),
-                                         {"n": name}).first()
+                    valid = conn.execute(text("SELECT i.indisvalid FROM pg_index i"
+                                              " WHERE i.indexrelid = to_regclass(:n)"), {"n": name}).first()
                     if valid is not None and valid[0]:
                         return {"gallery": gallery, "built": False, "reason": "exists", "index": name}
                     if valid is not None:  # left invalid by an interrupted concurrent build

@@ -1,11 +1,9 @@
-"""The gallery's records and validation, shared by every backend.
+"""The gallery's records and their validation, shared by every backend.
 
-A *gallery* is a named set of *people*; a person has *faces*; a face is one
-enrolled embedding stamped with the id of the model that produced it, plus the
-aligned crop it came from (PNG, so the gallery can be re-embedded with another
-model) and where it came from.  Every face of a gallery comes from the same
-embedder: mixing is refused at enrollment, and a search with another embedder
-raises :class:`~modules.errors.EmbedderMismatchError` naming the fix.
+A *gallery* is a named set of *people*; a person has *faces*; a face is one embedding stamped with the id of
+the model that produced it, plus the aligned crop it came from (PNG, so the gallery can be re-embedded with
+another model).  All faces of a gallery come from one embedder; a search with another raises
+:class:`~modules.errors.EmbedderMismatchError` naming the fix.
 """
 from __future__ import annotations
 
@@ -20,16 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import (
-    BadImageError,
-    ConflictError,
-    EmbedderMismatchError,
-    FaceNotFoundError,
-    FaceRecError,
-    GalleryNotFoundError,
-    InvalidRequestError,
-    PersonNotFoundError,
-)
+from ..errors import (BadImageError, ConflictError, EmbedderMismatchError, FaceNotFoundError, FaceRecError,
+                      GalleryNotFoundError, InvalidRequestError, PersonNotFoundError)
 from ..face import Face
 
 MAX_NAME_LEN = 128
@@ -44,12 +34,8 @@ REEMBED_COMMAND = "python -m modules.cli reembed --gallery {gallery} --config CO
 
 # --- validation ---------------------------------------------------------------
 def validate_name(name: Any, what: str = "name") -> str:
-    """A gallery or person name, NFC-normalised; :class:`InvalidRequestError` if unusable.
-
-    Rules: a non-empty string of at most 128 characters, no control characters,
-    no ``/``, no leading/trailing whitespace, not ``.`` or ``..`` (names end up
-    as folder and file names in exports).
-    """
+    """A gallery or person name, NFC-normalised; :class:`InvalidRequestError` if unusable (names end up as
+    folder and file names in exports, hence no ``/``, ``.`` or ``..``)."""
     if not isinstance(name, str):
         raise InvalidRequestError(f"{what} must be a string, got {type(name).__name__}")
     name = unicodedata.normalize("NFC", name)
@@ -127,14 +113,9 @@ def _json_numbers(value: Any, shape: tuple[int, ...], what: str) -> str | None:
 # --- records ------------------------------------------------------------------
 @dataclass
 class NewFace:
-    """One face to enroll: its embedding plus what is kept about where it came from.
-
-    ``crop_png`` is the aligned 112x112 crop as PNG bytes (``None`` only for
-    legacy imports, which then cannot be re-embedded).  ``source`` is a file
-    name/path or a label given by the caller; ``source_sha256`` the hex SHA-256
-    of the source file's bytes.  ``box`` is ``[x1, y1, x2, y2]``, ``landmarks``
-    ``(5, 2)``, both in the source image's pixels.
-    """
+    """One face to enroll.  ``crop_png``: the aligned 112x112 crop as PNG (``None`` only for legacy imports,
+    which cannot be re-embedded); ``source_sha256``: of the source file's bytes; ``box`` ``[x1, y1, x2, y2]``
+    and ``landmarks`` ``(5, 2)`` in the source image's pixels."""
 
     embedding: np.ndarray
     embedder: str
@@ -146,14 +127,8 @@ class NewFace:
     det_score: float | None = None
 
     @classmethod
-    def from_face(
-        cls,
-        face: Face,
-        *,
-        source: str | None = None,
-        source_sha256: str | None = None,
-        crop_png: bytes | None = None,
-    ) -> "NewFace":
+    def from_face(cls, face: Face, *, source: str | None = None, source_sha256: str | None = None,
+                  crop_png: bytes | None = None) -> "NewFace":
         """From a detected, aligned and embedded :class:`~modules.face.Face` (PNG-encodes ``face.aligned``)."""
         if face.embedding is None or face.embedder is None:
             raise InvalidRequestError("the face has no embedding yet")
@@ -161,16 +136,8 @@ class NewFace:
             from ..images import encode_png
 
             crop_png = encode_png(face.aligned)
-        return cls(
-            embedding=face.embedding,
-            embedder=face.embedder,
-            crop_png=crop_png,
-            source=source,
-            source_sha256=source_sha256,
-            box=face.box,
-            landmarks=face.landmarks,
-            det_score=float(face.det_score),
-        )
+        return cls(embedding=face.embedding, embedder=face.embedder, crop_png=crop_png, source=source,
+                   source_sha256=source_sha256, box=face.box, landmarks=face.landmarks, det_score=float(face.det_score))
 
 
 @dataclass
@@ -196,23 +163,15 @@ def validate_new_face(face: Any, what: str = "face") -> ValidFace:
         raise InvalidRequestError(f"{what} must be a NewFace, got {type(face).__name__}")
     embedding = as_unit_vector(face.embedding, f"{what} embedding")
     embedder = validate_embedder_id(face.embedder)
-    crop = face.crop_png
-    if crop is not None:
-        if isinstance(crop, (bytearray, memoryview)):
-            crop = bytes(crop)
-        if not isinstance(crop, bytes) or not crop.startswith(PNG_SIGNATURE):
-            raise InvalidRequestError(f"{what} crop must be PNG bytes")
-    source = face.source
-    if source is not None:
-        if not isinstance(source, str):
-            source = str(source)  # e.g. a Path
-        if len(source) > MAX_SOURCE_LEN or "\x00" in source:
-            raise InvalidRequestError(f"{what} source must be at most {MAX_SOURCE_LEN} characters, no NUL")
+    crop = bytes(face.crop_png) if isinstance(face.crop_png, (bytearray, memoryview)) else face.crop_png
+    if crop is not None and (not isinstance(crop, bytes) or not crop.startswith(PNG_SIGNATURE)):
+        raise InvalidRequestError(f"{what} crop must be PNG bytes")
+    source = None if face.source is None else str(face.source)  # e.g. a Path
+    if source is not None and (len(source) > MAX_SOURCE_LEN or "\x00" in source):
+        raise InvalidRequestError(f"{what} source must be at most {MAX_SOURCE_LEN} characters, no NUL")
     sha = face.source_sha256
-    if sha is not None:
-        if not isinstance(sha, str) or not _SHA256_RE.match(sha.lower()):
-            raise InvalidRequestError(f"{what} source_sha256 must be 64 hex digits")
-        sha = sha.lower()
+    if sha is not None and (not isinstance(sha, str) or not _SHA256_RE.match(sha.lower())):
+        raise InvalidRequestError(f"{what} source_sha256 must be 64 hex digits")
     det_score = face.det_score
     if det_score is not None:
         try:
@@ -221,33 +180,9 @@ def validate_new_face(face: Any, what: str = "face") -> ValidFace:
             raise InvalidRequestError(f"{what} det_score must be a number") from exc
         if not math.isfinite(det_score):
             raise InvalidRequestError(f"{what} det_score must be finite")
-    return ValidFace(
-        embedding=embedding,
-        embedder=embedder,
-        crop_png=crop,
-        source=source,
-        source_sha256=sha,
-        box_json=_json_numbers(face.box, (4,), f"{what} box"),
-        landmarks_json=_json_numbers(face.landmarks, (5, 2), f"{what} landmarks"),
-        det_score=det_score,
-    )
-
-
-def validate_batch(faces: Sequence[Any], what: str = "faces") -> list[ValidFace]:
-    """Validate a batch: every face valid and all from the same embedder and dim."""
-    if isinstance(faces, (NewFace, str, bytes)) or not isinstance(faces, Sequence):
-        raise InvalidRequestError(f"{what} must be a list of NewFace")
-    if len(faces) == 0:
-        raise InvalidRequestError(f"no {what} to add")
-    valid = [validate_new_face(f, f"face {i}") for i, f in enumerate(faces)]
-    first = valid[0]
-    for i, v in enumerate(valid[1:], start=1):
-        if v.embedder != first.embedder or v.dim != first.dim:
-            raise InvalidRequestError(
-                f"face {i} is a {v.dim}-d embedding from {v.embedder!r} but face 0 is a"
-                f" {first.dim}-d embedding from {first.embedder!r}; one batch must use one embedder"
-            )
-    return valid
+    return ValidFace(embedding, embedder, crop, source, None if sha is None else sha.lower(),
+                     _json_numbers(face.box, (4,), f"{what} box"),
+                     _json_numbers(face.landmarks, (5, 2), f"{what} landmarks"), det_score)
 
 
 @dataclass
@@ -260,7 +195,6 @@ class GalleryInfo:
     embedders: dict[str, int] = field(default_factory=dict)  # model id -> face count
 
 
-
 @dataclass
 class PersonInfo:
     id: int
@@ -269,7 +203,6 @@ class PersonInfo:
     created_at: str
     num_faces: int
     metadata: dict[str, Any] | None = None
-
 
 
 @dataclass
@@ -288,7 +221,6 @@ class FaceInfo:
     landmarks: list[list[float]] | None = None
     det_score: float | None = None
     embedding: np.ndarray | None = None  # only when asked for
-
 
 
 # --- search helpers --------------------------------------------------------------
@@ -316,7 +248,8 @@ def validate_top_k(top_k: Any) -> int:
     return int(top_k)
 
 
-def mismatch_error(gallery: str, stored: Mapping[tuple[str, int], int], embedder_id: str, dim: int | None) -> EmbedderMismatchError:
+def mismatch_error(gallery: str, stored: Mapping[tuple[str, int], int], embedder_id: str,
+                   dim: int | None) -> EmbedderMismatchError:
     """The error for a gallery whose embeddings do not come from ``embedder_id`` (``dim``)."""
     stored_txt = ", ".join(f"{e!r} ({d}-d, {n} faces)" for (e, d), n in sorted(stored.items()))
     want = f"{embedder_id!r}" + (f" ({dim}-d)" if dim is not None else "")
@@ -346,13 +279,9 @@ def utc_now_iso(dt: datetime | None = None) -> str:
 def parse_face_id(face_id: Any) -> int:
     """A face id given as an int or a string of digits; :class:`InvalidRequestError` otherwise."""
     if isinstance(face_id, bool) or not isinstance(face_id, (int, np.integer)):
-        try:
-            text = str(face_id)
-            if not text.isdigit():
-                raise ValueError
-            return int(text)
-        except (ValueError, TypeError):
-            raise InvalidRequestError(f"face id must be an integer, got {face_id!r}") from None
+        if not str(face_id).isdecimal():
+            raise InvalidRequestError(f"face id must be an integer, got {face_id!r}")
+        return int(str(face_id))
     return int(face_id)
 
 
@@ -367,36 +296,29 @@ def validate_page(offset: Any, limit: Any) -> tuple[int, int | None]:
     return int(offset), None if limit is None else int(limit)
 
 
-def validate_enrollment(
-    faces_by_person: Any,
-) -> tuple[dict[str, list[ValidFace]], str, int]:
+def validate_enrollment(faces_by_person: Any) -> tuple[dict[str, list[ValidFace]], str, int]:
     """``{person: [NewFace]}`` validated: names normalised, one embedder and dim for all; and that pair."""
     if not isinstance(faces_by_person, Mapping):
         raise InvalidRequestError("faces must be given as {person name: [NewFace, ...]}")
     items: dict[str, list[ValidFace]] = {}
     for person, faces in faces_by_person.items():
         pname = validate_name(person, "person name")
-        items.setdefault(pname, []).extend(validate_batch(faces, f"faces of {pname!r}"))
+        if isinstance(faces, (NewFace, str, bytes)) or not isinstance(faces, Sequence):
+            raise InvalidRequestError(f"faces of {pname!r} must be a list of NewFace")
+        if len(faces) == 0:
+            raise InvalidRequestError(f"no faces of {pname!r} to add")
+        items.setdefault(pname, []).extend(validate_new_face(f, f"face {i}") for i, f in enumerate(faces))
     if not items:
         raise InvalidRequestError("no faces to add")
-    first = next(iter(items.values()))[0]
-    embedder, dim = first.embedder, first.dim
+    first_name, (first, *_) = next(iter(items.items()))
     for pname, faces in items.items():
-        if faces[0].embedder != embedder or faces[0].dim != dim:
-            raise InvalidRequestError(
-                f"faces of {pname!r} are {faces[0].dim}-d from {faces[0].embedder!r} but others are"
-                f" {dim}-d from {embedder!r}; one enrollment must use one embedder"
-            )
-    return items, embedder, dim
-
-
-def validate_reembed_args(gallery: Any, embedder: Any, batch_size: Any) -> tuple[str | None, str, int]:
-    """``reembed`` arguments: the gallery name (or None: all), the model id and its dim."""
-    gallery = None if gallery is None else validate_name(gallery, "gallery name")
-    model_id = validate_embedder_id(getattr(embedder, "model_id", None))
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidRequestError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return gallery, model_id, int(embedder.dim)
+        for i, f in enumerate(faces):
+            if (f.embedder, f.dim) != (first.embedder, first.dim):
+                raise InvalidRequestError(
+                    f"face {i} of {pname!r} is a {f.dim}-d embedding from {f.embedder!r} but face 0 of"
+                    f" {first_name!r} is a {first.dim}-d one from {first.embedder!r}; one enrollment must use one"
+                    " embedder")
+    return items, first.embedder, first.dim
 
 
 def embed_crops(rows: Sequence[tuple[int, bytes]], embedder: Any) -> dict[int, np.ndarray]:
@@ -436,23 +358,15 @@ def gallery_not_found(name: str) -> GalleryNotFoundError:
 
 
 def person_not_found(gallery: str, name: str) -> PersonNotFoundError:
-    return PersonNotFoundError(
-        f"person {name!r} not found in gallery {gallery!r}", details={"gallery": gallery, "person": name}
-    )
+    details = {"gallery": gallery, "person": name}
+    return PersonNotFoundError(f"person {name!r} not found in gallery {gallery!r}", details=details)
 
 
 def person_exists(gallery: str, name: str) -> ConflictError:
-    return ConflictError(
-        f"person {name!r} already exists in gallery {gallery!r}", details={"gallery": gallery, "person": name}
-    )
+    details = {"gallery": gallery, "person": name}
+    return ConflictError(f"person {name!r} already exists in gallery {gallery!r}", details=details)
 
 
 def face_not_found(face_id: int, gallery: str | None) -> FaceNotFoundError:
     where = f" in gallery {gallery!r}" if gallery is not None else ""
     return FaceNotFoundError(f"face {face_id} not found{where}", details={"face_id": face_id})
-
-
-def no_crop_error(face_id: int) -> FaceNotFoundError:
-    return FaceNotFoundError(
-        f"face {face_id} has no stored crop (imported from a legacy pickle)", details={"face_id": face_id}
-    )

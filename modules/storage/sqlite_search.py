@@ -1,62 +1,44 @@
 """Search of the SQLite gallery: an in-process matrix or HNSW index per gallery, kept in step.
 
-* Below ``ann_threshold`` faces a gallery is searched exactly: one float32
-  matrix of its faces grouped by person (:func:`rank_people`).
-* From there on an hnswlib index (:class:`~modules.storage.ann.AnnIndex`) answers,
-  kept in step incrementally from the change log: the faces written since its
-  generation (``faces.gen``) and the ids deleted since (``face_deletions``,
-  written by a trigger, pruned to the newest ``DELETIONS_KEEP``).  With
-  ``ann_persist`` the index is saved in ``<path>.ann/`` with a generation stamp,
-  so a restart loads it and applies only what changed since.
-
-Every write transaction bumps ``meta.generation`` and stamps it on the galleries
-it changed; before a search one indexed query reads the gallery's stamp, and
-what is cached is brought up to date only when it moved.  That is how an
-enrollment made by another process is seen by the next search.
+From ``ann_threshold`` faces an hnswlib index answers, caught up from the change log (``faces.gen``,
+``face_deletions``) and saved in ``<path>.ann/`` (``ann_persist``).  Before a search one indexed query reads
+the gallery's generation stamp; the cache is refreshed only when it moved (so other processes' writes show).
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, LargeBinary, inspect, select, text, type_coerce
+from filelock import FileLock
+from sqlalchemy import Connection, LargeBinary, select, text, type_coerce
 
-from ..errors import ConfigError
 from ..face import Candidate
-from .ann import AnnIndex, HnswParams, NeedsRebuild, RWLock, hnswlib_available
+from .ann import AnnIndex, HnswParams, NeedsRebuild, RWLock
 from .engine import database_url
-from .gallery import GalleryStore, Tx
-from .records import gallery_not_found, mismatch_error
+from .gallery import GalleryStore
+from .records import gallery_not_found, mismatch_error, validate_name
 from .tables import faces, galleries, people
 
 log = logging.getLogger(__name__)
 
 DELETIONS_KEEP = 200_000  # tombstones kept; an index older than the pruned ones is rebuilt
-LEGACY_SCHEMA = 2  # the last schema_version of the SQLite gallery before Alembic
 
 
-def rank_people(
-    queries: np.ndarray,
-    matrix: np.ndarray,
-    starts: np.ndarray,
-    person_ids: np.ndarray,
-    person_names: Sequence[str],
-    face_ids: np.ndarray,
-    top_k: int,
-    block: int | None = None,
-) -> list[list[Candidate]]:
-    """Per query, the ``top_k`` people by their best cosine similarity, best first.
-
-    ``matrix`` is ``(N, d)`` unit rows grouped by person: person ``j`` owns rows
-    ``starts[j]:starts[j+1]``.  Ties are broken by person order (stable).
-    """
+def rank_people(queries: np.ndarray, matrix: np.ndarray, starts: np.ndarray, person_ids: np.ndarray,
+                person_names: Sequence[str], face_ids: np.ndarray, top_k: int,
+                block: int | None = None) -> list[list[Candidate]]:
+    """Per query, the ``top_k`` people by their best cosine similarity, best first (ties: person order).
+    ``matrix`` is ``(N, d)`` unit rows grouped by person: person ``j`` owns rows ``starts[j]:starts[j+1]``."""
     n_people = len(starts)
     ends = np.append(starts[1:], matrix.shape[0])
     k = min(top_k, n_people)
@@ -82,9 +64,10 @@ def rank_people(
     return out
 
 
-def pick_people(face_ids: np.ndarray, sims: np.ndarray, person_of: np.ndarray, top_k: int) -> list[tuple[int, int, float]]:
+def pick_people(face_ids: np.ndarray, sims: np.ndarray, person_of: np.ndarray,
+                top_k: int) -> list[tuple[int, int, float]]:
     """From faces sorted by similarity (best first), the best ``top_k`` people as
-    ``(person id, face id, similarity)``: each person's first (best) face; ties by person id."""
+    ``(person id, face id, similarity)``: each person's best face; ties by person id."""
     seen: dict[int, tuple[int, float]] = {}
     for fid, s, pid in zip(face_ids.tolist(), sims.tolist(), person_of.tolist()):
         if pid < 0:
@@ -120,16 +103,12 @@ class _Matrix:
     @classmethod
     def of(cls, gid: int, gen: int, rows: list[Sequence[Any]], names: Mapping[int, str]) -> "_Matrix":
         """From ``(face id, person id, embedder, dim, blob)`` rows ordered by person."""
-        groups: dict[tuple[str, int], int] = {}
-        for r in rows:
-            groups[(r[2], int(r[3]))] = groups.get((r[2], int(r[3])), 0) + 1
+        groups = dict(Counter((r[2], int(r[3])) for r in rows))
         n = len(rows)
         face_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
         person_of = np.fromiter((r[1] for r in rows), dtype=np.int64, count=n)
         starts = np.flatnonzero(np.r_[True, person_of[1:] != person_of[:-1]]) if n else np.zeros(0, np.int64)
-        matrix = None
-        if len({d for _, d in groups}) == 1:
-            matrix = _vectors(rows, next(iter(groups))[1])
+        matrix = _vectors(rows, next(iter(groups))[1]) if len({d for _, d in groups}) == 1 else None
         return cls(gid, gen, groups, matrix, starts, person_of[starts],
                    tuple(names[int(rows[int(s)][1])] for s in starts), face_ids)
 
@@ -138,22 +117,12 @@ def _vectors(rows: Sequence[Sequence[Any]], dim: int) -> np.ndarray:
     return np.frombuffer(b"".join(r[4] for r in rows), dtype="<f4").astype(np.float32).reshape(len(rows), dim)
 
 
-def _groups(entry: _Matrix | AnnIndex) -> dict[tuple[str, int], int]:
-    if isinstance(entry, AnnIndex):
-        return {(entry.embedder, entry.dim): entry.n_live} if entry.n_live else {}
-    return entry.groups
-
-
 _FACE_ROWS = (faces.c.id, faces.c.person_id, faces.c.embedder, faces.c.dim, type_coerce(faces.c.embedding, LargeBinary))
 
 
 class SQLiteGallery(GalleryStore):
-    """The gallery in one SQLite file (created, with its folder, if missing).
-
-    Search is exact below ``ann_threshold`` faces in a gallery and goes through an HNSW index
-    (hnswlib; ``ann_params``) from there on.  With ``ann_persist`` the index is saved in
-    ``ann_dir`` (default ``<path>.ann/``).
-    """
+    """The gallery in one SQLite file (created, with its folder, if missing); HNSW knobs in ``ann_params``,
+    a saved index (``ann_persist``) in ``ann_dir`` (default ``<path>.ann/``)."""
 
     backend = "sqlite"
 
@@ -174,7 +143,7 @@ class SQLiteGallery(GalleryStore):
         self.ann_persist = bool(ann_persist)
         self.ann_dir = Path(ann_dir) if ann_dir is not None else self.path.with_name(self.path.name + ".ann")
         self.ann_save_every = 10_000  # changes applied before a caught-up index is saved again
-        self._ann_on = self.ann_threshold is not None and hnswlib_available()
+        self._ann_on = self.ann_threshold is not None and importlib.util.find_spec("hnswlib") is not None
         if self.ann_threshold is not None and not self._ann_on:
             log.warning("hnswlib is not installed: gallery search stays exact (pip install hnswlib)")
 
@@ -182,26 +151,16 @@ class SQLiteGallery(GalleryStore):
         return f"SQLiteGallery({str(self.path)!r})"
 
     # --- the store's hooks -----------------------------------------------------------------------------
-    def _legacy_revision(self, conn: Connection) -> str | None:
-        if not inspect(conn).has_table("meta"):
-            return None
-        version = conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar()
-        if version is None:
-            return None
-        if int(version) > LEGACY_SCHEMA:
-            raise ConfigError(f"gallery database {self.path} has schema version {version}, newer than this code"
-                              f" supports ({LEGACY_SCHEMA}); upgrade the code")
-        return "gallery_0001"
+    NEXT_GENERATION_SQL = "UPDATE meta SET value = value + 1 WHERE key = 'generation' RETURNING value"
+    GENERATION_SQL = "SELECT value FROM meta WHERE key = 'generation'"
+    LEGACY_TABLE, LEGACY_SCHEMA = "meta", 2
+    LEGACY_VERSION_SQL = "SELECT value FROM meta WHERE key = 'schema_version'"
 
     def _next_generation(self, conn: Connection) -> int:
-        return conn.execute(text("UPDATE meta SET value = value + 1 WHERE key = 'generation' RETURNING value")).scalar()
-
-    def _generation(self, conn: Connection) -> int:
-        return conn.execute(text("SELECT value FROM meta WHERE key = 'generation'")).scalar()
-
-    def _before_commit(self, tx: Tx) -> None:
-        if tx.generation % 1024 == 0:
-            self._prune_deletions(tx.conn)
+        generation = super()._next_generation(conn)
+        if generation % 1024 == 0:
+            self._prune_deletions(conn)
+        return generation
 
     @staticmethod
     def _prune_deletions(conn: Connection, keep: int = DELETIONS_KEEP) -> None:
@@ -217,10 +176,8 @@ class SQLiteGallery(GalleryStore):
         with self._cache_lock:
             self._cache.pop(gid, None)
         for suffix in (".json", ".hnsw", ".npz"):  # its saved index (gallery ids are never reused)
-            try:
+            with contextlib.suppress(OSError):
                 (self.ann_dir / f"g{gid}{suffix}").unlink(missing_ok=True)
-            except OSError:  # pragma: no cover
-                pass
 
     def _stats_extra(self) -> dict[str, Any]:
         return {"ann_threshold": self.ann_threshold if self._ann_on else None}
@@ -255,21 +212,18 @@ class SQLiteGallery(GalleryStore):
             self._after_fork()
         with self._read() as conn:  # the hot path of every search: plain SQL, no statement to build
             row = conn.exec_driver_sql("SELECT id, generation FROM galleries WHERE name = ?", (gallery,)).first()
-        if row is None:
-            old = self._cache_ids.pop(gallery, None)
-            if old is not None:  # deleted by another process: let its index go
-                with self._cache_lock:
-                    self._cache.pop(old, None)
-            raise gallery_not_found(gallery)
-        gid, gen = int(row[0]), int(row[1])
-        cached = self._cache.get(gid)
-        if cached is not None and cached.generation == gen:
-            return cached
+        gid, gen = (int(row[0]), int(row[1])) if row is not None else (None, -1)
         old = self._cache_ids.get(gallery)
-        if old is not None and old != gid:  # deleted (by any process) and created again: forget the old one
+        if old is not None and old != gid:  # deleted (and maybe created again) by any process: let its index go
             with self._cache_lock:
                 self._cache.pop(old, None)
                 self._gallery_locks.pop(old, None)
+                self._cache_ids.pop(gallery, None)
+        if gid is None:
+            raise gallery_not_found(gallery)
+        cached = self._cache.get(gid)
+        if cached is not None and cached.generation == gen:
+            return cached
         self._cache_ids[gallery] = gid
         with self._gallery_lock(gid):
             cached = self._cache.get(gid)
@@ -299,20 +253,25 @@ class SQLiteGallery(GalleryStore):
 
     def _load_matrix(self, gallery: str) -> _Matrix:
         with self._read() as conn:
-            row = conn.execute(select(galleries.c.id, galleries.c.generation).where(galleries.c.name == gallery)).first()
+            row = conn.execute(select(galleries.c.id, galleries.c.generation)
+                               .where(galleries.c.name == gallery)).first()
             if row is None:
                 raise gallery_not_found(gallery)
             gid = int(row[0])
             names = dict(conn.execute(select(people.c.id, people.c.name).where(people.c.gallery_id == gid)).all())
-            rows = conn.execute(  # walks the faces_person index in order: no sort of the BLOBs
-                select(*_FACE_ROWS).where(faces.c.person_id.in_(select(people.c.id).where(people.c.gallery_id == gid)))
-                .order_by(faces.c.person_id, faces.c.id)
-            ).all()
+            in_gallery = faces.c.person_id.in_(select(people.c.id).where(people.c.gallery_id == gid))
+            # walks the faces_person index in order: no sort of the BLOBs
+            rows = conn.execute(select(*_FACE_ROWS).where(in_gallery).order_by(faces.c.person_id, faces.c.id)).all()
         return _Matrix.of(gid, int(row[1]), rows, names)
 
-    def _db_stamp(self) -> str:
+    def _stamp(self, gid: int) -> dict[str, Any]:
+        """What a saved index must match: this database (its creation stamp) and the gallery's id."""
         with self._read() as conn:
-            return str(conn.execute(text("SELECT value FROM meta WHERE key = 'created_at'")).scalar() or "")
+            created = conn.execute(text("SELECT value FROM meta WHERE key = 'created_at'")).scalar()
+        return {"db": str(created or ""), "gallery_id": gid}
+
+    def _file_lock(self, gid: int) -> FileLock:
+        return FileLock(str(self.ann_dir / f"g{gid}.lock"))
 
     def _build_ann(self, gallery: str, m: _Matrix) -> AnnIndex:
         """An HNSW index from the loaded matrix (one process builds and saves; others wait and load)."""
@@ -321,11 +280,9 @@ class SQLiteGallery(GalleryStore):
         person_of = np.repeat(m.person_ids, np.diff(np.append(m.starts, m.matrix.shape[0])))
         if not self.ann_persist:
             return AnnIndex.build(embedder, m.matrix, m.face_ids, person_of, self.ann_params, m.generation)
-        from filelock import FileLock
-
         gid = m.gallery_id
         self.ann_dir.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.ann_dir / f"g{gid}.lock")):
+        with self._file_lock(gid):
             loaded = self._load_saved(gallery, gid, locked=True)  # another process may have just built it
             if loaded is not None:
                 return loaded
@@ -335,25 +292,19 @@ class SQLiteGallery(GalleryStore):
                      time.perf_counter() - t0)
             self.ann_builds += 1
             try:
-                ann.save(self.ann_dir, f"g{gid}", {"db": self._db_stamp(), "gallery_id": gid})
+                ann.save(self.ann_dir, f"g{gid}", self._stamp(gid))
             except OSError as exc:
                 log.warning("cannot save the search index of gallery %r in %s: %s", gallery, self.ann_dir, exc)
         return ann
 
     def _load_saved(self, gallery: str, gid: int, locked: bool = False) -> AnnIndex | None:
         """The saved index of the gallery, caught up with the database; None if unusable."""
-        from filelock import FileLock
-
-        stem = f"g{gid}"
-        meta = AnnIndex.read_stamp(self.ann_dir, stem)
-        if meta is None or meta.get("db") != self._db_stamp() or meta.get("gallery_id") != gid:
+        meta = AnnIndex.read_stamp(self.ann_dir, f"g{gid}")
+        if meta is None or {k: meta.get(k) for k in ("db", "gallery_id")} != self._stamp(gid):
             return None
         try:
-            if locked:
-                ann = AnnIndex.load(self.ann_dir, stem, meta, self.ann_params)
-            else:
-                with FileLock(str(self.ann_dir / f"{stem}.lock")):
-                    ann = AnnIndex.load(self.ann_dir, stem, meta, self.ann_params)
+            with contextlib.nullcontext() if locked else self._file_lock(gid):
+                ann = AnnIndex.load(self.ann_dir, f"g{gid}", meta, self.ann_params)
         except Exception as exc:  # noqa: BLE001 - a damaged file is rebuilt, never fatal
             log.warning("ignoring the saved search index of gallery %r: %s", gallery, exc)
             return None
@@ -397,13 +348,11 @@ class SQLiteGallery(GalleryStore):
     def _maybe_save_async(self, gid: int, ann: AnnIndex) -> None:
         if not self.ann_persist or ann.changes_since_save < max(self.ann_save_every, ann.n_live // 10):
             return
-        stamp = {"db": self._db_stamp(), "gallery_id": gid}
+        stamp = self._stamp(gid)
 
         def save() -> None:
-            from filelock import FileLock
-
             try:
-                with FileLock(str(self.ann_dir / f"g{gid}.lock")):
+                with self._file_lock(gid):
                     ann.save(self.ann_dir, f"g{gid}", stamp)
             except OSError as exc:  # pragma: no cover
                 log.warning("cannot save the search index of gallery %d: %s", gid, exc)
@@ -414,7 +363,7 @@ class SQLiteGallery(GalleryStore):
     # --- search ---------------------------------------------------------------------------------------------
     def _search(self, gallery: str, q: np.ndarray, embedder_id: str, top_k: int) -> tuple[list[list[Candidate]], int]:
         m = self._entry(gallery)
-        groups = _groups(m)
+        groups = m.groups
         if groups and (len(groups) != 1 or next(iter(groups)) != (embedder_id, q.shape[1])):
             raise mismatch_error(gallery, groups, embedder_id, q.shape[1])
         if not groups or q.shape[0] == 0:
@@ -425,11 +374,8 @@ class SQLiteGallery(GalleryStore):
         return rank_people(q, m.matrix, m.starts, m.person_ids, m.person_names, m.face_ids, top_k), m.num_people
 
     def _ann_search(self, ann: AnnIndex, q: np.ndarray, top_k: int) -> list[list[Candidate]]:
-        """Nearest faces from the index (over-fetched), the best face per person, names from the database.
-
-        A query whose top two people are within ``refine_margin`` is searched again with the wider
-        beam ``refine_ef`` (see :class:`~modules.storage.ann.HnswParams`).
-        """
+        """Nearest faces from the index (over-fetched), the best face per person, names from the database;
+        near-ties searched again with the wider beam (:class:`~modules.storage.ann.HnswParams`)."""
         params = ann.params
         k2 = max(top_k, 2) if params.refine_margin > 0 else top_k
         want = min(k2, ann.num_people)
@@ -459,9 +405,8 @@ class SQLiteGallery(GalleryStore):
         names: dict[int, str] = {}
         with self._read() as conn:
             for s in range(0, len(person_ids), 500):
-                chunk = person_ids[s : s + 500]
-                names.update(conn.exec_driver_sql(f"SELECT id, name FROM people WHERE id IN ({','.join('?' * len(chunk))})",
-                                                  tuple(chunk)).all())
+                names.update(conn.execute(select(people.c.id, people.c.name)
+                                          .where(people.c.id.in_(person_ids[s : s + 500]))).all())
         return [
             [Candidate(person=names[pid], similarity=float(np.clip(sim, -1.0, 1.0)), person_id=pid, face_id=fid)
              for pid, fid, sim in row if pid in names]  # (a person deleted since the generation check is left out)
@@ -481,8 +426,6 @@ class SQLiteGallery(GalleryStore):
 
     def search_index_info(self, gallery: str) -> dict[str, Any]:
         """What answers searches of ``gallery`` in this process: ``exact`` or ``hnsw`` (loads it if needed)."""
-        from .records import validate_name
-
         m = self._entry(validate_name(gallery, "gallery name"))
         if isinstance(m, AnnIndex):
             return {"kind": "hnsw", "faces": m.n_live, "generation": m.generation, "m": m.params.m,

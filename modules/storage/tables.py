@@ -1,24 +1,9 @@
 """The gallery's tables: one definition for SQLite and PostgreSQL.
 
-``galleries`` -> ``people`` -> ``faces`` (each deleted with its parent), plus
-``gallery_embedders`` (faces per model per gallery).  Counters kept by triggers
-(faces per person, people with faces per gallery, faces per embedder per
-gallery) make ``num_people``, ``get_gallery`` and the embedder check O(1) at any
-gallery size.  Ids are never reused (SQLite ``AUTOINCREMENT``, PostgreSQL
-identity).  Every write transaction gets a new *generation*; it is stamped on
-the galleries it changed and on the faces it wrote (``faces.gen``).
-
-What differs per dialect:
-
-* column types: timestamps are ISO-8601 text on SQLite and ``timestamptz`` on
-  PostgreSQL, metadata text / ``jsonb``, the embedding a float32 little-endian
-  BLOB / a pgvector ``vector`` (:class:`Embedding`);
-* SQLite only: ``meta`` (the generation counter, the database's creation stamp)
-  and ``face_deletions`` (ids of deleted faces with the generation that deleted
-  them, written by a trigger): the change log that keeps an in-process HNSW
-  index in step (:mod:`modules.storage.sqlite_search`);
-* PostgreSQL only: the ``gallery_generation`` sequence; the triggers are
-  statement-level there (transition tables), row-level on SQLite.
+``galleries`` -> ``people`` -> ``faces`` (each deleted with its parent); counters kept by triggers make
+``num_people``, ``get_gallery`` and the embedder check O(1).  Ids are never reused.  ``faces.gen``: the
+generation that wrote the face.  SQLite only: ``meta`` and the ``face_deletions`` change log; PostgreSQL
+only: the ``gallery_generation`` sequence.
 """
 from __future__ import annotations
 
@@ -28,25 +13,8 @@ from typing import Any
 
 import numpy as np
 from pgvector.sqlalchemy import VECTOR
-from sqlalchemy import (
-    DDL,
-    BigInteger,
-    CheckConstraint,
-    Column,
-    Float,
-    ForeignKey,
-    ForeignKeyConstraint,
-    Identity,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    Table,
-    Text,
-    UniqueConstraint,
-    event,
-    text,
-)
+from sqlalchemy import (DDL, BigInteger, CheckConstraint, Column, Float, ForeignKey, ForeignKeyConstraint, Identity,
+                        Index, Integer, LargeBinary, MetaData, Table, Text, UniqueConstraint, event, text)
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 from sqlalchemy.types import TypeDecorator
 
@@ -63,9 +31,7 @@ class Timestamp(TypeDecorator):
         return dialect.type_descriptor(TIMESTAMP(timezone=True) if dialect.name == "postgresql" else Text())
 
     def process_bind_param(self, value: Any, dialect: Any) -> Any:
-        if isinstance(value, datetime) and dialect.name != "postgresql":
-            return utc_now_iso(value)
-        return value
+        return utc_now_iso(value) if isinstance(value, datetime) and dialect.name != "postgresql" else value
 
     def process_result_value(self, value: Any, dialect: Any) -> Any:
         return utc_now_iso(value) if isinstance(value, datetime) else value
@@ -97,70 +63,46 @@ class Embedding(TypeDecorator):
         return dialect.type_descriptor(VECTOR() if dialect.name == "postgresql" else LargeBinary())
 
     def process_bind_param(self, value: Any, dialect: Any) -> Any:
-        if value is None or dialect.name == "postgresql":
-            return value
-        return np.ascontiguousarray(value, dtype="<f4").tobytes()
+        return value if value is None or dialect.name == "postgresql" else np.asarray(value, "<f4").tobytes()
 
     def process_result_value(self, value: Any, dialect: Any) -> Any:
-        if value is None:
-            return None
         if isinstance(value, (bytes, memoryview)):
             return np.frombuffer(value, dtype="<f4").astype(np.float32)
-        return np.asarray(value, dtype=np.float32)
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
+        return None if value is None else np.asarray(value, dtype=np.float32)
 
 
 def _id() -> Column:
     return Column("id", BigInteger().with_variant(Integer(), "sqlite"), Identity(), primary_key=True)
 
 
+def _created_at() -> Column:
+    return Column("created_at", Timestamp, nullable=False, default=lambda: datetime.now(timezone.utc))
+
+
 metadata = MetaData()
 
 galleries = Table(
-    "galleries",
-    metadata,
-    _id(),
-    Column("name", Text, nullable=False, unique=True),
-    Column("created_at", Timestamp, nullable=False, default=_now),
+    "galleries", metadata, _id(),
+    Column("name", Text, nullable=False, unique=True), _created_at(),
     Column("generation", BigInteger, nullable=False, server_default="0"),
-    Column("people_with_faces", BigInteger, nullable=False, server_default="0"),
-    sqlite_autoincrement=True,
+    Column("people_with_faces", BigInteger, nullable=False, server_default="0"), sqlite_autoincrement=True,
 )
 
 people = Table(
-    "people",
-    metadata,
-    _id(),
+    "people", metadata, _id(),
     Column("gallery_id", BigInteger, ForeignKey("galleries.id", ondelete="CASCADE"), nullable=False),
-    Column("name", Text, nullable=False),
-    Column("created_at", Timestamp, nullable=False, default=_now),
-    Column("metadata", JsonText),
+    Column("name", Text, nullable=False), _created_at(), Column("metadata", JsonText),
     Column("num_faces", Integer, nullable=False, server_default="0"),
-    UniqueConstraint("gallery_id", "name"),
-    UniqueConstraint("id", "gallery_id"),
-    sqlite_autoincrement=True,
+    UniqueConstraint("gallery_id", "name"), UniqueConstraint("id", "gallery_id"), sqlite_autoincrement=True,
 )
 
 faces = Table(
-    "faces",
-    metadata,
-    _id(),
-    Column("person_id", BigInteger, nullable=False),
-    Column("gallery_id", BigInteger, nullable=False),
-    Column("embedder", Text, nullable=False),
-    Column("dim", Integer, CheckConstraint("dim > 0"), nullable=False),
-    Column("embedding", Embedding, nullable=False),
-    Column("crop_png", LargeBinary),
-    Column("source", Text),
-    Column("source_sha256", Text),
-    Column("box", Text),
-    Column("landmarks", Text),
-    Column("det_score", Float),
-    Column("created_at", Timestamp, nullable=False, default=_now),
-    Column("gen", BigInteger, nullable=False, server_default="0"),
+    "faces", metadata, _id(),
+    Column("person_id", BigInteger, nullable=False), Column("gallery_id", BigInteger, nullable=False),
+    Column("embedder", Text, nullable=False), Column("dim", Integer, CheckConstraint("dim > 0"), nullable=False),
+    Column("embedding", Embedding, nullable=False), Column("crop_png", LargeBinary),
+    Column("source", Text), Column("source_sha256", Text), Column("box", Text), Column("landmarks", Text),
+    Column("det_score", Float), _created_at(), Column("gen", BigInteger, nullable=False, server_default="0"),
     ForeignKeyConstraint(["person_id", "gallery_id"], ["people.id", "people.gallery_id"], ondelete="CASCADE"),
     CheckConstraint("length(embedding) = 4 * dim").ddl_if(dialect="sqlite"),
     CheckConstraint("vector_dims(embedding) = dim").ddl_if(dialect="postgresql"),
@@ -169,37 +111,22 @@ faces = Table(
 Index("faces_person", faces.c.person_id, faces.c.gallery_id, faces.c.id)  # the cascade from people uses it
 Index("faces_gallery", faces.c.gallery_id, faces.c.id)
 Index("faces_gen", faces.c.gen).ddl_if(dialect="sqlite")
-Index(
-    "faces_source_sha256",
-    faces.c.gallery_id,
-    faces.c.source_sha256,
-    sqlite_where=faces.c.source_sha256.isnot(None),
-    postgresql_where=faces.c.source_sha256.isnot(None),
-)
-Index(
-    "faces_without_crop",
-    faces.c.gallery_id,
-    sqlite_where=faces.c.crop_png.is_(None),
-    postgresql_where=faces.c.crop_png.is_(None),
-)
+Index("faces_source_sha256", faces.c.gallery_id, faces.c.source_sha256,
+      sqlite_where=faces.c.source_sha256.isnot(None), postgresql_where=faces.c.source_sha256.isnot(None))
+Index("faces_without_crop", faces.c.gallery_id, sqlite_where=faces.c.crop_png.is_(None),
+      postgresql_where=faces.c.crop_png.is_(None))
 
 gallery_embedders = Table(
-    "gallery_embedders",
-    metadata,
+    "gallery_embedders", metadata,
     Column("gallery_id", BigInteger, ForeignKey("galleries.id", ondelete="CASCADE"), primary_key=True),
-    Column("embedder", Text, primary_key=True),
-    Column("dim", Integer, primary_key=True),
+    Column("embedder", Text, primary_key=True), Column("dim", Integer, primary_key=True),
     Column("faces", BigInteger, nullable=False),
 )
 
 # SQLite only: the generation counter and the deletion log
 meta = Table("meta", metadata, Column("key", Text, primary_key=True), Column("value", Integer, nullable=False))
-face_deletions = Table(
-    "face_deletions",
-    metadata,
-    Column("gen", Integer, nullable=False, index=True),
-    Column("face_id", Integer, nullable=False),
-)
+face_deletions = Table("face_deletions", metadata, Column("gen", Integer, nullable=False, index=True),
+                       Column("face_id", Integer, nullable=False))
 
 COMMON = (galleries, people, faces, gallery_embedders)
 TABLES = {"sqlite": (*COMMON, meta, face_deletions), "postgresql": COMMON}
@@ -312,11 +239,9 @@ def _meta_rows(target: Any, conn: Any, **_: Any) -> None:
 
 
 def _dialect_ddl(target: Any, conn: Any, tables: Any = (), **_: Any) -> None:
-    if faces not in (tables or ()):
-        return
-    if conn.dialect.name == "sqlite":
+    if faces in (tables or ()) and conn.dialect.name == "sqlite":
         create_sqlite_triggers(conn)
-    else:
+    elif faces in (tables or ()):
         conn.exec_driver_sql(PG_TRIGGERS)
 
 

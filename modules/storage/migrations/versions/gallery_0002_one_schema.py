@@ -1,12 +1,8 @@
 """gallery: one schema for both dialects.
 
-PostgreSQL (the previous version's schema 1) gains ``faces.gen`` (the generation that wrote the face)
-and loses its own migrations table.  SQLite (the previous version's schema 1 or 2) gains what
-PostgreSQL had: ``faces.gallery_id`` with a foreign key on ``(person_id, gallery_id)``, the counters
-``people.num_faces``, ``galleries.people_with_faces`` and ``gallery_embedders`` kept by triggers.
-SQLite cannot add a foreign key to a table, so ``faces`` is moved and copied (Alembic's batch
-recipe, written out to keep the ``AUTOINCREMENT`` sequence, the checks and the partial indexes):
-face ids are kept and never reused.
+PostgreSQL gains ``faces.gen``; SQLite gains what PostgreSQL had: ``faces.gallery_id`` with a foreign key
+on ``(person_id, gallery_id)`` and the counters kept by triggers.  SQLite cannot add a foreign key, so
+``faces`` is copied into a new table, keeping its ids and ``AUTOINCREMENT`` sequence (ids are never reused).
 
 Revision ID: gallery_0002
 """

@@ -1,10 +1,4 @@
-"""jobs: the baseline, the schema as it was when migrations moved to Alembic.
-
-A new database gets the current tables from the store's metadata and is stamped at the head; a
-database written before is recognised by the store's legacy check and stamped here.
-
-Revision ID: jobs_0001
-"""
+"""jobs_0001: the baseline, the schema when migrations moved to Alembic (what a legacy check stamps)."""
 revision = "jobs_0001"
 down_revision = None
 branch_labels = ("jobs",)
