@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, delete, exc as sa_exc, func, insert, inspect, null, select, text, update
+from sqlalchemy import Connection, bindparam, delete, exc as sa_exc, func, insert, inspect, null, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import ConfigError, ConflictError, FaceNotFoundError, InvalidRequestError
@@ -36,6 +36,14 @@ _FACE_COLUMNS = (  # FaceInfo's fields, in order, but the embedding
     faces.c.landmarks, faces.c.det_score,
 )
 _PERSON_COLUMNS = (people.c.id, people.c.name, people.c.created_at, people.c.metadata, people.c.num_faces)
+# the statements of every write, built once (building a statement costs more than running it on SQLite)
+_GALLERY_ID = select(galleries.c.id).where(galleries.c.name == bindparam("name"))
+_GALLERY_ID_LOCKED = _GALLERY_ID.with_for_update()
+_PERSON = select(*_PERSON_COLUMNS).where(people.c.gallery_id == bindparam("gid"), people.c.name == bindparam("name"))
+_EMBEDDERS = select(ge.c.embedder, ge.c.dim, ge.c.faces).where(ge.c.gallery_id == bindparam("gid"), ge.c.faces > 0)
+_DELETE_PERSON = delete(people).where(people.c.id == bindparam("pid"))
+_STAMP = update(galleries).where(galleries.c.id.in_(bindparam("ids", expanding=True))).values(
+    generation=bindparam("gen"))
 
 
 @dataclass
@@ -114,7 +122,7 @@ class GalleryStore(Maintenance):
         return None if version is None else "gallery_0001"
 
     def _next_generation(self, conn: Connection) -> int:
-        return int(conn.execute(text(self.NEXT_GENERATION_SQL)).scalar())
+        return int(conn.exec_driver_sql(self.NEXT_GENERATION_SQL).scalar())
 
     def _generation(self, conn: Connection) -> int:
         return int(conn.execute(text(self.GENERATION_SQL)).scalar())
@@ -149,19 +157,16 @@ class GalleryStore(Maintenance):
             tx = Tx(conn, self._next_generation(conn))
             yield tx
             if tx.touched:
-                conn.execute(
-                    update(galleries).where(galleries.c.id.in_(sorted(tx.touched))).values(generation=tx.generation)
-                )
+                conn.execute(_STAMP, {"ids": sorted(tx.touched), "gen": tx.generation})
         self._after_commit(tx)
 
     def _gallery_id(self, conn: Connection, name: str, *, lock: bool = False, create_at: int | None = None) -> int:
         """The gallery's id (its row locked if ``lock``; created at generation ``create_at`` if missing)."""
-        q = select(galleries.c.id).where(galleries.c.name == name)
-        gid = conn.execute(q.with_for_update() if lock else q).scalar()
+        gid = conn.execute(_GALLERY_ID_LOCKED if lock else _GALLERY_ID, {"name": name}).scalar()
         if gid is None and create_at is not None:
             gid = self._insert_gallery(conn, name, create_at)
             if gid is None:  # created by another transaction meanwhile
-                gid = conn.execute(q.with_for_update()).scalar()
+                gid = conn.execute(_GALLERY_ID_LOCKED, {"name": name}).scalar()
         if gid is None:
             raise gallery_not_found(name)
         return int(gid)
@@ -173,14 +178,14 @@ class GalleryStore(Maintenance):
 
     @staticmethod
     def _person_row(conn: Connection, gid: int, gallery: str, name: str) -> Sequence[Any]:
-        row = conn.execute(select(*_PERSON_COLUMNS).where(people.c.gallery_id == gid, people.c.name == name)).first()
+        row = conn.execute(_PERSON, {"gid": gid, "name": name}).first()
         if row is None:
             raise person_not_found(gallery, name)
         return row
 
     @staticmethod
     def _embedders(conn: Connection, gid: int) -> dict[tuple[str, int], int]:
-        rows = conn.execute(select(ge.c.embedder, ge.c.dim, ge.c.faces).where(ge.c.gallery_id == gid, ge.c.faces > 0))
+        rows = conn.execute(_EMBEDDERS, {"gid": gid})
         return {(e, int(d)): int(n) for e, d, n in rows}
 
     def _scope(self, conn: Connection, gallery: str | None, lock: bool = False) -> tuple[list[int], dict[int, str]]:
@@ -323,7 +328,7 @@ class GalleryStore(Maintenance):
         with self._write() as tx:
             gid = self._gallery_id(tx.conn, gallery, lock=True)
             row = self._person_row(tx.conn, gid, gallery, name)
-            tx.conn.execute(delete(people).where(people.c.id == row[0]))
+            tx.conn.execute(_DELETE_PERSON, {"pid": row[0]})
             tx.touch(gid)
         return int(row[4])
 
@@ -354,25 +359,23 @@ class GalleryStore(Maintenance):
             if missing and not create_missing:
                 raise person_not_found(gallery, missing[0])
             if missing:
-                pids.update(conn.execute(
-                    insert(people).returning(people.c.name, people.c.id, sort_by_parameter_order=True),
-                    [{"gallery_id": gid, "name": n} for n in missing],
-                ).all())
+                pids.update(zip(missing, self._insert_ids(conn, people, [{"gallery_id": gid, "name": n} for n in missing])))
             ids = iter(self._insert_faces(conn, gid, tx.generation, [(pids[p], f) for p in names for f in items[p]]))
             tx.touch(gid, grew=True)
         return {p: [next(ids) for _ in items[p]] for p in names}
 
     def _insert_faces(self, conn: Connection, gid: int, gen: int, rows: list[tuple[int, Any]]) -> list[int]:
         """Insert ``(person id, ValidFace)`` rows; their new ids, in order."""
-        result = conn.execute(
-            insert(faces).returning(faces.c.id, sort_by_parameter_order=True),
-            [
-                {"person_id": pid, "gallery_id": gid, "embedder": f.embedder, "dim": f.dim, "embedding": f.embedding,
-                 "crop_png": f.crop_png, "source": f.source, "source_sha256": f.source_sha256, "box": f.box_json,
-                 "landmarks": f.landmarks_json, "det_score": f.det_score, "gen": gen}
-                for pid, f in rows
-            ],
-        )
+        return self._insert_ids(conn, faces, [
+            {"person_id": pid, "gallery_id": gid, "embedder": f.embedder, "dim": f.dim, "embedding": f.embedding,
+             "crop_png": f.crop_png, "source": f.source, "source_sha256": f.source_sha256, "box": f.box_json,
+             "landmarks": f.landmarks_json, "det_score": f.det_score, "gen": gen}
+            for pid, f in rows
+        ])
+
+    def _insert_ids(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert ``rows`` (all with the same keys) into ``table``; their new ids, in order."""
+        result = conn.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
         return [int(r[0]) for r in result]
 
     def list_faces(self, gallery: str, person: str, *, with_embeddings: bool = False) -> list[FaceInfo]:

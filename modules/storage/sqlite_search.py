@@ -26,7 +26,7 @@ from ..face import Candidate
 from .ann import AnnIndex, HnswParams, NeedsRebuild, RWLock
 from .engine import database_url
 from .gallery import GalleryStore
-from .records import gallery_not_found, mismatch_error, validate_name
+from .records import gallery_not_found, mismatch_error, utc_now_iso, validate_name
 from .tables import faces, galleries, people
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,29 @@ class SQLiteGallery(GalleryStore):
         return f"SQLiteGallery({str(self.path)!r})"
 
     # --- the store's hooks -----------------------------------------------------------------------------
+    def _insert_ids(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> list[int]:
+        """One driver ``executemany`` (SQLite cannot batch ``RETURNING``: SQLAlchemy would send a statement a
+        row).  The write transaction is ``BEGIN IMMEDIATE``, so no one else inserts meanwhile: the new rows are
+        those above the previous largest id, in insertion order."""
+        if not rows:
+            return []
+        keys = list(rows[0])
+        now = utc_now_iso()
+
+        def bind(key: str, value: Any) -> Any:
+            return np.ascontiguousarray(value, "<f4").tobytes() if key == "embedding" else value
+
+        values = [(*(bind(k, r[k]) for k in keys), now) for r in rows]
+        before = conn.exec_driver_sql(f"SELECT COALESCE(MAX(id), 0) FROM {table.name}").scalar()
+        conn.exec_driver_sql(
+            f"INSERT INTO {table.name} ({', '.join(keys)}, created_at) VALUES ({', '.join('?' * (len(keys) + 1))})",
+            values,
+        )
+        ids = [int(r[0]) for r in conn.exec_driver_sql(f"SELECT id FROM {table.name} WHERE id > ? ORDER BY id", (before,))]
+        if len(ids) != len(rows):  # pragma: no cover - would mean another writer inside our write lock
+            raise RuntimeError(f"inserted {len(rows)} rows into {table.name} but found {len(ids)} new ids")
+        return ids
+
     NEXT_GENERATION_SQL = "UPDATE meta SET value = value + 1 WHERE key = 'generation' RETURNING value"
     GENERATION_SQL = "SELECT value FROM meta WHERE key = 'generation'"
     LEGACY_TABLE, LEGACY_SCHEMA = "meta", 2
