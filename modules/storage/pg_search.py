@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, exc as sa_exc, text
+from sqlalchemy import Connection, exc as sa_exc, insert, text
 
 from ..errors import ConfigError, FaceRecError
 from ..face import Candidate
@@ -121,10 +121,23 @@ class PostgresGallery(GalleryStore):
             t.join(timeout=0.1)
         super().close()
 
+    @staticmethod
+    def _new_ids(conn: Connection, table: str, n: int) -> list[int]:
+        """``n`` ids drawn from ``table``'s identity sequence, in order."""
+        return [int(i) for i in conn.execute(text(
+            f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) FROM generate_series(1, :n)"), {"n": n}).scalars()]
+
+    def _insert_ids(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> list[int]:
+        """Ids drawn first, then one batched insert (a ``RETURNING`` kept in row order would cost a statement a
+        row)."""
+        ids = self._new_ids(conn, table.name, len(rows))
+        if rows:
+            conn.execute(insert(table), [{**r, "id": i} for r, i in zip(rows, ids)])
+        return ids
+
     def _insert_faces(self, conn: Connection, gid: int, gen: int, rows: list[tuple[int, Any]]) -> list[int]:
         """Bulk loading through ``COPY`` (ids drawn from the sequence first), in the same transaction."""
-        ids = conn.execute(text("SELECT nextval(pg_get_serial_sequence('faces', 'id')) FROM generate_series(1, :n)"),
-                           {"n": len(rows)}).scalars().all()
+        ids = self._new_ids(conn, "faces", len(rows))
         now = datetime.now(timezone.utc)
         with conn.connection.driver_connection.cursor() as cur, cur.copy(
             "COPY faces (id, person_id, gallery_id, embedder, dim, embedding, crop_png, source, source_sha256, box,"
@@ -133,7 +146,7 @@ class PostgresGallery(GalleryStore):
             for fid, (pid, f) in zip(ids, rows):
                 copy.write_row((fid, pid, gid, f.embedder, f.dim, vector_text(f.embedding), f.crop_png, f.source,
                                 f.source_sha256, f.box_json, f.landmarks_json, f.det_score, now, gen))
-        return [int(i) for i in ids]
+        return ids
 
     # --- search -------------------------------------------------------------------------------------------
     @staticmethod
