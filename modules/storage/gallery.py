@@ -351,10 +351,7 @@ class GalleryStore(Maintenance):
             stored = self._embedders(conn, gid)
             if stored and set(stored) != {(embedder, dim)}:
                 raise mismatch_error(gallery, stored, embedder, dim)
-            pids: dict[str, int] = {}
-            for s in range(0, len(names), 500):
-                pids.update(conn.execute(select(people.c.name, people.c.id).where(
-                    people.c.gallery_id == gid, people.c.name.in_(names[s : s + 500]))).all())
+            pids = self._people_ids(conn, gid, names)
             missing = [n for n in names if n not in pids]
             if missing and not create_missing:
                 raise person_not_found(gallery, missing[0])
@@ -372,6 +369,14 @@ class GalleryStore(Maintenance):
              "landmarks": f.landmarks_json, "det_score": f.det_score, "gen": gen}
             for pid, f in rows
         ])
+
+    def _people_ids(self, conn: Connection, gid: int, names: list[str]) -> dict[str, int]:
+        """``{name: id}`` of the gallery's people among ``names``."""
+        found: dict[str, int] = {}
+        for s in range(0, len(names), 500):
+            found.update(conn.execute(select(people.c.name, people.c.id).where(
+                people.c.gallery_id == gid, people.c.name.in_(names[s : s + 500]))).all())
+        return found
 
     def _insert_ids(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> list[int]:
         """Insert ``rows`` (all with the same keys) into ``table``; their new ids, in order."""

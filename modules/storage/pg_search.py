@@ -127,6 +127,13 @@ class PostgresGallery(GalleryStore):
         return [int(i) for i in conn.execute(text(
             f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) FROM generate_series(1, :n)"), {"n": n}).scalars()]
 
+    def _people_ids(self, conn: Connection, gid: int, names: list[str]) -> dict[str, int]:
+        """One ``= ANY(text[])`` lookup (a long ``IN`` list of varchar parameters makes PostgreSQL scan the table)."""
+        rows = conn.execute(text("SELECT name, id FROM people"
+                                 " WHERE gallery_id = :gid AND name = ANY(CAST(:names AS text[]))"),
+                            {"gid": gid, "names": names})
+        return {name: int(pid) for name, pid in rows}
+
     def _insert_ids(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> list[int]:
         """Ids drawn first, then one batched insert (a ``RETURNING`` kept in row order would cost a statement a
         row)."""
