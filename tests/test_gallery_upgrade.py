@@ -59,16 +59,16 @@ def test_previous_version_gallery_is_upgraded_in_place(backend, request):
     assert query_all(store, "SELECT version_num FROM facerec_schema") == [(head("gallery"),)]
     check_answers(store, ANSWERS[backend])
     assert store.get_person("main", "no-faces").metadata == {"note": "enrolled later"}
-    crops = [f for p in ("obama", "biden") for f in store.list_faces("main", p) if f.has_crop]
+    crops = [f for p in ("ada", "bob") for f in store.list_faces("main", p) if f.has_crop]
     assert len(crops) == 2 and all(store.get_face_crop(f.id).startswith(b"\x89PNG") for f in crops)
     info = store.get_gallery("main")
     assert (info.num_people, info.num_faces, info.embedders) == (6, 8, {MODEL: 8})
     # ids are never reused (the deleted "ghost" had the first one) and the counters stay right
-    before = max(f.id for p in ("obama", "rose") for f in store.list_faces("main", p))
+    before = max(f.id for p in ("ada", "dee") for f in store.list_faces("main", p))
     [fid] = store.add_faces("main", "newcomer", [NewFace(QUERIES[3], MODEL)])
     assert fid > before and fid > 10
     assert store.search("main", QUERIES[3], MODEL)[0][0].person == "newcomer"
-    assert store.delete_person("main", "obama") == 2
+    assert store.delete_person("main", "ada") == 2
     assert store.num_people("main") == 5 and store.get_gallery("other").num_faces == 1
     if backend == "postgres":
         check_pg_counters(store)
