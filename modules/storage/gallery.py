@@ -42,8 +42,7 @@ _GALLERY_ID_LOCKED = _GALLERY_ID.with_for_update()
 _PERSON = select(*_PERSON_COLUMNS).where(people.c.gallery_id == bindparam("gid"), people.c.name == bindparam("name"))
 _EMBEDDERS = select(ge.c.embedder, ge.c.dim, ge.c.faces).where(ge.c.gallery_id == bindparam("gid"), ge.c.faces > 0)
 _DELETE_PERSON = delete(people).where(people.c.id == bindparam("pid"))
-_STAMP = update(galleries).where(galleries.c.id.in_(bindparam("ids", expanding=True))).values(
-    generation=bindparam("gen"))
+_STAMP = update(galleries).where(galleries.c.id == bindparam("gid")).values(generation=bindparam("gen"))
 
 
 @dataclass
@@ -157,7 +156,7 @@ class GalleryStore(Maintenance):
             tx = Tx(conn, self._next_generation(conn))
             yield tx
             if tx.touched:
-                conn.execute(_STAMP, {"ids": sorted(tx.touched), "gen": tx.generation})
+                conn.execute(_STAMP, [{"gid": gid, "gen": tx.generation} for gid in sorted(tx.touched)])
         self._after_commit(tx)
 
     def _gallery_id(self, conn: Connection, name: str, *, lock: bool = False, create_at: int | None = None) -> int:
