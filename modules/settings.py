@@ -23,7 +23,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    AliasChoices, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, ValidationError, field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
@@ -115,7 +117,8 @@ class Settings(BaseSettings):
     config: str | None = None
     #: gallery database (path, ``sqlite:///`` or ``postgresql://`` URL); ``None`` = ``<data_dir>/gallery.db``
     gallery_url: str | None = Field(
-        None, validation_alias=AliasChoices("gallery_url", "FACEREC_GALLERY_URL", "FACEREC_DATABASE_URL", "DATABASE_URL")
+        None,
+        validation_alias=AliasChoices("gallery_url", "FACEREC_GALLERY_URL", "FACEREC_DATABASE_URL", "DATABASE_URL"),
     )
     #: ``redis://...``: video jobs run on ``python -m modules.worker`` processes; ``None``: in this process
     queue_url: str | None = Field(None, validation_alias=AliasChoices("queue_url", "FACEREC_QUEUE_URL", "QUEUE_URL"))
@@ -191,20 +194,21 @@ class Settings(BaseSettings):
         return self.model_copy(update=changes)
 
 
+_BRANCHES: dict[str, type[BaseSettings]] = {
+    "video": VideoLimits, "chunks": ChunkSettings, "queue": QueueSettings, "server": ServerSettings,
+}
+
+
 def _variable(exc: ValidationError, error: dict[str, Any]) -> str:
-    prefix = {
-        "VideoLimits": PREFIX + "VIDEO_",
-        "ChunkSettings": PREFIX + "VIDEO_CHUNK_",
-        "QueueSettings": PREFIX + "QUEUE_",
-    }.get(exc.title, PREFIX)
+    """The environment variable behind a validation error (its branch's prefix + the field name)."""
     loc = [str(part) for part in error.get("loc", ()) if not str(part).isdigit()]
-    if loc and loc[0] in ("video", "chunks", "queue", "server"):
-        prefix = {"video": PREFIX + "VIDEO_", "chunks": PREFIX + "VIDEO_CHUNK_", "queue": PREFIX + "QUEUE_"}.get(
-            loc[0], PREFIX
-        )
-        loc = loc[1:]
+    model: type[BaseSettings] = next((m for m in _BRANCHES.values() if m.__name__ == exc.title), Settings)
+    if loc and loc[0] in _BRANCHES:
+        model, loc = _BRANCHES[loc[0]], loc[1:]
+    prefix = model.model_config["env_prefix"]
     name = prefix + "_".join(loc).upper() if loc else prefix.rstrip("_")
-    return {"FACEREC_GALLERY_URL": f"{name} (or DATABASE_URL)", "FACEREC_QUEUE_URL": f"{name} (or QUEUE_URL)"}.get(name, name)
+    alias = {"FACEREC_GALLERY_URL": "DATABASE_URL", "FACEREC_QUEUE_URL": "QUEUE_URL"}.get(name)
+    return f"{name} (or {alias})" if alias else name
 
 
 def load_settings(**overrides: Any) -> Settings:

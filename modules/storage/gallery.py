@@ -355,7 +355,8 @@ class GalleryStore(Maintenance):
             if missing and not create_missing:
                 raise person_not_found(gallery, missing[0])
             if missing:
-                pids.update(zip(missing, self._insert_ids(conn, people, [{"gallery_id": gid, "name": n} for n in missing])))
+                new = self._insert_ids(conn, people, [{"gallery_id": gid, "name": n} for n in missing])
+                pids.update(zip(missing, new))
             ids = iter(self._insert_faces(conn, gid, tx.generation, [(pids[p], f) for p in names for f in items[p]]))
             tx.touch(gid, grew=True)
         return {p: [next(ids) for _ in items[p]] for p in names}

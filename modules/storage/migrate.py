@@ -8,6 +8,7 @@ database, an advisory lock in PostgreSQL) and reads the state again once the loc
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,6 +41,7 @@ def _config(connection: Connection | None = None) -> Config:
     return cfg
 
 
+@functools.cache  # the revision files do not change while the program runs: read them once
 def _script() -> ScriptDirectory:
     return ScriptDirectory.from_config(_config())
 

@@ -124,8 +124,9 @@ class PostgresGallery(GalleryStore):
     @staticmethod
     def _new_ids(conn: Connection, table: str, n: int) -> list[int]:
         """``n`` ids drawn from ``table``'s identity sequence, in order."""
-        return [int(i) for i in conn.execute(text(
-            f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) FROM generate_series(1, :n)"), {"n": n}).scalars()]
+        sql = f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) FROM generate_series(1, :n)"
+        drawn = conn.execute(text(sql), {"n": n})
+        return [int(i) for i in drawn.scalars()]
 
     def _people_ids(self, conn: Connection, gid: int, names: list[str]) -> dict[str, int]:
         """One ``= ANY(text[])`` lookup (a long ``IN`` list of varchar parameters makes PostgreSQL scan the table)."""

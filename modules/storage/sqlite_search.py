@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from ..face import Candidate
 from .ann import AnnIndex, HnswParams, NeedsRebuild, RWLock
 from .engine import database_url
 from .gallery import GalleryStore
-from .records import gallery_not_found, mismatch_error, utc_now_iso, validate_name
+from .records import gallery_not_found, mismatch_error, validate_name
 from .tables import faces, galleries, people
 
 log = logging.getLogger(__name__)
@@ -157,19 +158,18 @@ class SQLiteGallery(GalleryStore):
         those above the previous largest id, in insertion order."""
         if not rows:
             return []
-        keys = list(rows[0])
-        now = utc_now_iso()
-
-        def bind(key: str, value: Any) -> Any:
-            return np.ascontiguousarray(value, "<f4").tobytes() if key == "embedding" else value
-
-        values = [(*(bind(k, r[k]) for k in keys), now) for r in rows]
+        keys = [*rows[0], "created_at"]
+        created_at = datetime.now(timezone.utc)
+        # the columns' own bind processing (embedding -> float32 BLOB, timestamp -> ISO text), applied once per value
+        binds = [table.c[k].type.bind_processor(conn.dialect) or (lambda v: v) for k in keys]
+        values = [tuple(b(v) for b, v in zip(binds, (*(r[k] for k in keys[:-1]), created_at))) for r in rows]
         before = conn.exec_driver_sql(f"SELECT COALESCE(MAX(id), 0) FROM {table.name}").scalar()
         conn.exec_driver_sql(
-            f"INSERT INTO {table.name} ({', '.join(keys)}, created_at) VALUES ({', '.join('?' * (len(keys) + 1))})",
+            f"INSERT INTO {table.name} ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
             values,
         )
-        ids = [int(r[0]) for r in conn.exec_driver_sql(f"SELECT id FROM {table.name} WHERE id > ? ORDER BY id", (before,))]
+        new = conn.exec_driver_sql(f"SELECT id FROM {table.name} WHERE id > ? ORDER BY id", (before,))
+        ids = [int(r[0]) for r in new]
         if len(ids) != len(rows):  # pragma: no cover - would mean another writer inside our write lock
             raise RuntimeError(f"inserted {len(rows)} rows into {table.name} but found {len(ids)} new ids")
         return ids
