@@ -66,13 +66,13 @@ class EnrollReport:
 
 def enroll_folder(rec: Any, people_dir: Path, gallery: str) -> EnrollReport:
     """Enroll one face (the largest) of every image of ``<name>/<images>``; bad images are skipped and reported."""
-    from .storage import validate_name
+    from .storage import validate_new_name
 
     report = EnrollReport()
     prepared: dict[str, list[Any]] = {}
     for name, paths in list_people_dir(Path(people_dir)).items():
         try:
-            validate_name(name, "person name")
+            validate_new_name(name, "person name")
         except InvalidRequestError as exc:
             report.skipped.append({"image": name, "error": exc.message})
             continue

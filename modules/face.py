@@ -7,6 +7,9 @@ from typing import Any
 import numpy as np
 
 UNKNOWN = "unknown"
+NO_FACE = "no face"
+#: answers of the recognizer that a person's name must never equal (compared case-insensitively)
+RESERVED_NAMES = (UNKNOWN, NO_FACE)
 
 
 @dataclass

@@ -29,13 +29,12 @@ from .config import Config, load_config
 from .detection import YuNetDetector
 from .embedders import Embedder, build_embedder
 from .errors import GalleryNotFoundError, InvalidRequestError, MultipleFacesError, NoFaceError
-from .face import UNKNOWN, Face, Identification
+from .face import NO_FACE, UNKNOWN, Face, Identification
 from .images import decode_image, read_file, read_image
 from .matching import Matcher, Verification
 
 ImageInput = np.ndarray | bytes | str | Path
 FacePolicy = Literal["largest", "center", "error"]
-NO_FACE = "no face"
 
 
 @dataclass

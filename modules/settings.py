@@ -15,18 +15,21 @@ Branches: ``video`` (``FACEREC_VIDEO_MAX_*``: video job limits), ``chunks``
 (``FACEREC_VIDEO_CHUNK_*``: splitting long videos), ``queue``
 (``FACEREC_QUEUE_*``: the RQ task queue), ``server`` (``FACEREC_BIND``,
 ``WORKERS``, ``THREADS``, ``TIMEOUT``, ``CV_THREADS``, ``ACCESS_LOG``,
-``LOG_LEVEL``: the process that serves, read by ``gunicorn.conf.py``).
+``LOG_LEVEL``: the process that serves, read by ``gunicorn.conf.py``), ``decode``
+(``FACEREC_DECODE_*``: the memory budget of decoding), ``http`` (``FACEREC_HTTP_*``:
+allowed hosts, CORS origins, URL token lifetime), ``rate`` (``FACEREC_RATE_*``:
+quotas), ``metrics`` (``FACEREC_METRICS_*``).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     AliasChoices, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, ValidationError, field_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
 
@@ -42,6 +45,17 @@ def _config(prefix: str) -> SettingsConfigDict:
 
 def _blank_is_none(value: Any) -> Any:
     return None if isinstance(value, str) and not value.strip() else value
+
+
+def _comma_list(value: Any) -> Any:
+    """``a,b, c`` (an environment variable) -> ``["a", "b", "c"]``; lists pass through."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+#: a list of strings that an environment variable gives comma-separated
+CommaList = Annotated[list[str], NoDecode]
 
 
 class VideoLimits(BaseSettings):
@@ -106,6 +120,52 @@ class ServerSettings(BaseSettings):
         return self.cv_threads or max(1, (os.cpu_count() or 1) // self.worker_count)
 
 
+class DecodeSettings(BaseSettings):
+    """The memory budget of image decoding (``FACEREC_DECODE_*``)."""
+
+    model_config = _config(PREFIX + "DECODE_")
+    #: images decoded at once in this process; more requests wait for a slot
+    max_concurrent: PositiveInt = 2
+    #: how long a request waits for a decoding slot before a 503 with ``Retry-After``
+    wait_s: NonNegativeFloat = Field(10.0, allow_inf_nan=False)
+
+
+class HttpSettings(BaseSettings):
+    """Browser safety of the HTTP service (``FACEREC_HTTP_*``)."""
+
+    model_config = _config(PREFIX + "HTTP_")
+    #: ``Host`` names served (DNS rebinding); ``*`` = any
+    allowed_hosts: CommaList = ["localhost", "127.0.0.1", "::1"]
+    #: origins whose browser pages may call the API (CORS); empty = same origin only
+    cors_origins: CommaList = []
+    #: lifetime of the ``?token=`` of a video job's stream and video URLs
+    token_ttl_s: PositiveInt = 3600
+
+    _lists = field_validator("allowed_hosts", "cors_origins", mode="before")(_comma_list)
+
+
+class RateLimitSettings(BaseSettings):
+    """Quotas per API key, or per client address when keys are off (``FACEREC_RATE_*``)."""
+
+    model_config = _config(PREFIX + "RATE_")
+    enabled: bool = True
+    #: every request (Flask-Limiter syntax, ``;``-separated)
+    default: str = "1200 per minute"
+    #: ``memory://`` or ``redis://...``; ``None``: the queue's Redis when ``queue_url`` is set, else memory
+    storage_url: str | None = None
+    #: video jobs queued or running per key (or client address)
+    video_jobs: PositiveInt = 2
+
+    _none_if_blank = field_validator("storage_url", mode="before")(_blank_is_none)
+
+
+class MetricsSettings(BaseSettings):
+    """Observability (``FACEREC_METRICS_*``): Prometheus metrics at ``/metrics``."""
+
+    model_config = _config(PREFIX + "METRICS_")
+    enabled: bool = True
+
+
 class Settings(BaseSettings):
     """Everything the service, the scripts and the worker need; every field has a usable default."""
 
@@ -141,6 +201,10 @@ class Settings(BaseSettings):
     chunks: ChunkSettings = Field(default_factory=ChunkSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    decode: DecodeSettings = Field(default_factory=DecodeSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    rate: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     _none_if_blank = field_validator(
         "config", "gallery_url", "queue_url", "storage_dir", "video_chunk_seconds", mode="before"
@@ -196,6 +260,7 @@ class Settings(BaseSettings):
 
 _BRANCHES: dict[str, type[BaseSettings]] = {
     "video": VideoLimits, "chunks": ChunkSettings, "queue": QueueSettings, "server": ServerSettings,
+    "decode": DecodeSettings, "http": HttpSettings, "rate": RateLimitSettings, "metrics": MetricsSettings,
 }
 
 

@@ -269,6 +269,22 @@ def test_names_are_nfc_normalised(store, rng):
         store.add_person("main", "José")
 
 
+@pytest.mark.parametrize("bad", [
+    "unknown", "Unknown", "no face", "NO FACE",  # the recognizer's own answers
+    "ali\u202ece", "bob\u200b", "\u2066eve\u2069", "z\u200dz", "x\ufeff",  # bidi override, zero-width, isolates, BOM
+])
+def test_reserved_and_lookalike_person_names_are_refused(store, rng, bad):
+    store.add_person("main", "alice")
+    with pytest.raises(InvalidRequestError):
+        store.add_person("main", bad)
+    with pytest.raises(InvalidRequestError):
+        store.add_faces("main", bad, faces(rng, 1))
+    with pytest.raises(InvalidRequestError):
+        store.rename_person("main", "alice", bad)
+    assert [p.name for p in store.list_people("main")[0]] == ["alice"]
+    assert store.get_person("main", "alice").num_faces == 0
+
+
 # --- search ------------------------------------------------------------------------------
 def brute_force(queries, per_person, k):
     out = []

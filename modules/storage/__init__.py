@@ -9,12 +9,12 @@ from .gallery import GalleryStore
 from .legacy_pickles import export_legacy_pickle, import_legacy_pickle, restricted_loads
 from .maintenance import SCHEMA_VERSION
 from .records import (MAX_NAME_LEN, REEMBED_COMMAND, FaceInfo, GalleryInfo, NewFace, PersonInfo, mismatch_error,
-                      validate_name)
+                      validate_name, validate_new_name)
 
 __all__ = [
     "MAX_NAME_LEN", "REEMBED_COMMAND", "SCHEMA_VERSION", "FaceInfo", "GalleryInfo", "GalleryStore", "NewFace",
     "PersonInfo", "export_legacy_pickle", "import_legacy_pickle", "mismatch_error", "open_gallery",
-    "restricted_loads", "validate_name",
+    "restricted_loads", "validate_name", "validate_new_name",
 ]
 
 

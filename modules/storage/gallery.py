@@ -23,8 +23,8 @@ from .maintenance import Maintenance
 from .migrate import prepare
 from .records import (DEFAULT_ANN_THRESHOLD, FaceInfo, GalleryInfo, NewFace, PersonInfo, as_queries, face_not_found,
                       gallery_not_found, mismatch_error, parse_face_id, person_exists, person_not_found,
-                      validate_embedder_id, validate_enrollment, validate_metadata, validate_name, validate_page,
-                      validate_top_k)
+                      validate_embedder_id, validate_enrollment, validate_metadata, validate_name, validate_new_name,
+                      validate_page, validate_top_k)
 from .tables import TABLES, faces, galleries, gallery_embedders as ge, people
 
 
@@ -263,7 +263,7 @@ class GalleryStore(Maintenance):
         self, gallery: str, name: str, metadata: Mapping[str, Any] | None = None, *, create_missing: bool = True
     ) -> PersonInfo:
         gallery = validate_name(gallery, "gallery name")
-        name = validate_name(name, "person name")
+        name = validate_new_name(name, "person name")
         meta_json = validate_metadata(metadata)
         with self._write() as tx:
             gid = self._gallery_id(tx.conn, gallery, lock=True, create_at=tx.generation if create_missing else None)
@@ -299,7 +299,7 @@ class GalleryStore(Maintenance):
     def rename_person(self, gallery: str, name: str, new_name: str) -> PersonInfo:
         gallery = validate_name(gallery, "gallery name")
         name = validate_name(name, "person name")
-        new_name = validate_name(new_name, "new person name")
+        new_name = validate_new_name(new_name, "new person name")
         with self._write() as tx:
             gid = self._gallery_id(tx.conn, gallery, lock=True)
             row = self._person_row(tx.conn, gid, gallery, name)

@@ -23,7 +23,7 @@ import numpy as np
 from numpy._core import multiarray, numeric
 
 from ..errors import ConflictError, GalleryNotFoundError, InvalidRequestError, UntrustedPickleError
-from .records import NewFace, validate_name
+from .records import NewFace, validate_name, validate_new_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from .gallery import GalleryStore
@@ -123,7 +123,7 @@ def parse_legacy(obj: Any) -> dict[str, list[np.ndarray]]:
     for key, value in obj.items():
         if not isinstance(key, str):
             raise InvalidRequestError(f"legacy gallery keys must be names (str), got {type(key).__name__} {key!r}")
-        name = validate_name(key, "person name")
+        name = validate_new_name(key, "person name")
         vecs = _vectors(key, value)
         for v in vecs:
             if dim is None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import (BadImageError, ConflictError, EmbedderMismatchError, FaceNotFoundError, FaceRecError,
                       GalleryNotFoundError, InvalidRequestError, PersonNotFoundError)
-from ..face import Face
+from ..face import RESERVED_NAMES, Face
 
 MAX_NAME_LEN = 128
 MAX_EMBEDDER_LEN = 128
@@ -52,6 +52,22 @@ def validate_name(name: Any, what: str = "name") -> str:
         raise InvalidRequestError(f"{what} {name!r} must not contain '/'")
     if name in (".", ".."):
         raise InvalidRequestError(f"{what} must not be {name!r}")
+    return name
+
+
+def validate_new_name(name: Any, what: str = "person name") -> str:
+    """A name about to be stored: :func:`validate_name`, and neither one of the recognizer's answers
+    (``unknown``, ``no face``) nor holding invisible format characters (bidi overrides, zero-width
+    characters) that make look-alike names.  Lookups of stored names use :func:`validate_name` only."""
+    name = validate_name(name, what)
+    if name.casefold() in RESERVED_NAMES:
+        raise InvalidRequestError(f"{what} {name!r} is reserved: the recognizer answers it for faces it cannot name")
+    hidden = [c for c in name if unicodedata.category(c) == "Cf"]
+    if hidden:
+        raise InvalidRequestError(
+            f"{what} {name!r} contains an invisible formatting character (U+{ord(hidden[0]):04X}):"
+            " bidi controls and zero-width characters are refused"
+        )
     return name
 
 
@@ -302,7 +318,7 @@ def validate_enrollment(faces_by_person: Any) -> tuple[dict[str, list[ValidFace]
         raise InvalidRequestError("faces must be given as {person name: [NewFace, ...]}")
     items: dict[str, list[ValidFace]] = {}
     for person, faces in faces_by_person.items():
-        pname = validate_name(person, "person name")
+        pname = validate_new_name(person, "person name")
         if isinstance(faces, (NewFace, str, bytes)) or not isinstance(faces, Sequence):
             raise InvalidRequestError(f"faces of {pname!r} must be a list of NewFace")
         if len(faces) == 0:
