@@ -422,6 +422,10 @@ def test_enroll_errors(client, obama_jpg, no_face_jpg, two_people_jpg):
     assert enroll(client, "g", "p", two_people_jpg, policy="largest").status_code == 201
     error_of(client.post(ENROLL.format(g="g", p="p"), json={}), 400, "invalid_request")
     error_of(client.post(ENROLL.format(g="g", p="p"), json={"files": ["###"]}), 400, "invalid_request")
+    # the recognizer's own answers and look-alike names cannot be enrolled (they would spoof "unknown")
+    for name in ("unknown", "No Face", "ob\u202eama", "oba\u200bma"):
+        error_of(enroll(client, "g", name, obama_jpg), 400, "invalid_request")
+    assert [p["name"] for p in client.get("/api/v1/galleries/g/people").get_json()["people"]] == ["p"]
 
 
 # --- identify, verify, detect, re-embed -----------------------------------------------------------------------
