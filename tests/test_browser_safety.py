@@ -53,7 +53,7 @@ window.corsCall = async (api, path, method, json) => {
 
 # --- fixtures --------------------------------------------------------------------------------
 class _PageHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - the http.server interface
+    def do_GET(self):
         self.send_response(200)
         self.send_header("Content-Type", "text/html; charset=utf-8")
         self.send_header("Content-Length", str(len(ATTACK_PAGE)))
@@ -251,13 +251,23 @@ def _tiny_video() -> bytes:
         return path.read_bytes()
 
 
-def test_link_tokens_expire_and_die_with_their_key(make_app):
-    from modules.api import url_tokens, videos
+@pytest.fixture()
+def keyed_app(make_app):
+    """An app with API keys on and 2-minute link tokens; its video jobs stopped at the end."""
+    from modules.api import videos
 
     app = make_app(api_keys=True, http={"token_ttl_s": 120})
+    yield app
+    app.extensions[videos.EXTENSION].shutdown(wait=True, cancel_running=True)
+
+
+def test_link_tokens_expire_and_die_with_their_key(keyed_app):
+    from modules.api import url_tokens, videos
+
+    app = keyed_app
     svc, mgr = app.extensions["facerec"], app.extensions[videos.EXTENSION]
     user, record = svc.keys.create(["default"], label="user")
-    other, other_record = svc.keys.create(["elsewhere"], label="other")
+    _, other_record = svc.keys.create(["elsewhere"], label="other")
     c = app.test_client()
     r = c.post("/api/v1/videos", data={"file": (io.BytesIO(_tiny_video()), "tiny.mp4")},
                content_type="multipart/form-data", headers={"X-API-Key": user})
@@ -278,7 +288,7 @@ def test_link_tokens_expire_and_die_with_their_key(make_app):
 
     def refused(token: str, status: int = 401) -> None:
         for path in (vpath, spath):
-            r = c.get(f"{path}?token={token}")
+            r = c.get(path, query_string={"token": token})
             assert r.status_code == status and set(r.get_json()) == {"error"}, (path, r.status_code)
 
     secret = url_tokens.load_secret(mgr.dir)
@@ -286,6 +296,7 @@ def test_link_tokens_expire_and_die_with_their_key(make_app):
     refused(url_tokens.make_token(b"another installation", job_id, record.id, int(time.time()) + 60))
     refused(url_tokens.make_token(secret, "00000000-0000-4000-8000-000000000000", record.id, int(time.time()) + 60))
     refused("t0k3n")  # a stored stream_token of an earlier version
+    refused(f"v1.{record.id}.\u00b2\u00b3.\u00e9")  # not ASCII
     refused(url_tokens.make_token(secret, job_id, other_record.id, int(time.time()) + 60), 403)  # out of its scope
     # the secret file: private, made once, shared by every process on this storage folder
     path = mgr.dir / url_tokens.SECRET_FILE
@@ -294,6 +305,18 @@ def test_link_tokens_expire_and_die_with_their_key(make_app):
     svc.keys.revoke(record.id)
     refused(token)
     assert c.get(vpath, headers={"X-API-Key": user}).status_code == 401
+
+
+def test_the_token_secret_is_made_once_however_many_start_together(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from modules.api import url_tokens
+
+    load = url_tokens.load_secret.__wrapped__  # uncached: each call goes to the file, as another process would
+    with ThreadPoolExecutor(8) as pool:
+        made = set(pool.map(lambda _: load(tmp_path / "jobs"), range(32)))
+    assert len(made) == 1 and len(made.pop()) == 64
+    assert [p.name for p in (tmp_path / "jobs").iterdir()] == [url_tokens.SECRET_FILE]
 
 
 # --- (d) the docs page -----------------------------------------------------------------------------

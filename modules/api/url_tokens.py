@@ -18,6 +18,7 @@ import functools
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from .keys import ApiKey, KeyStore
 SECRET_FILE = ".url-token-secret"
 VERSION = "v1"
 _SECRET_HEX = 64
+_EXPIRES = re.compile(r"[0-9]{1,12}")  # ASCII digits only (str.isdigit accepts "²")
 
 
 def _create_secret(path: Path) -> None:
@@ -73,10 +75,10 @@ def make_token(secret: bytes, job_id: str, key_id: str, expires: int) -> str:
 def read_token(secret: bytes, job_id: str, token: str | None, now: float | None = None) -> str:
     """The key id of a valid, unexpired token for ``job_id``; :class:`UnauthorizedError` otherwise."""
     parts = (token or "").split(".")
-    if len(parts) != 4 or parts[0] != VERSION or not parts[2].isdigit():
+    if len(parts) != 4 or parts[0] != VERSION or not _EXPIRES.fullmatch(parts[2]):
         raise UnauthorizedError("the link's token (?token=) is missing or malformed; ask for the job again")
     _, key_id, expires, signature = parts
-    if not hmac.compare_digest(signature, _signature(secret, job_id, key_id, int(expires))):
+    if not hmac.compare_digest(signature.encode(), _signature(secret, job_id, key_id, int(expires)).encode()):
         raise UnauthorizedError("the link's token (?token=) is not valid for this job")
     if int(expires) <= (time.time() if now is None else now):
         raise UnauthorizedError("the link's token (?token=) has expired; ask for the job again for a fresh link")
