@@ -23,6 +23,7 @@ quotas), ``metrics`` (``FACEREC_METRICS_*``).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -130,18 +131,50 @@ class DecodeSettings(BaseSettings):
     wait_s: NonNegativeFloat = Field(10.0, allow_inf_nan=False)
 
 
+#: an allowed-hosts entry: ``*``, a name or IPv4 address (``.`` first: and its subdomains), or an IPv6 address
+#: (bare or in brackets); an optional port, ignored
+_HOST_ENTRY = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>\*|\.?[a-z0-9_-][a-z0-9_.-]*|[0-9a-f:.]*:[0-9a-f:.]*))"
+                         r"(?::[0-9]{1,5})?")
+#: a serialized origin: scheme, host, optional port (no path)
+_ORIGIN = re.compile(r"https?://(?:\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(?::[0-9]{1,5})?")
+
+
 class HttpSettings(BaseSettings):
-    """Browser safety of the HTTP service (``FACEREC_HTTP_*``)."""
+    """Browser safety of the HTTP service (``FACEREC_HTTP_*``); what each protects: docs/security.md."""
 
     model_config = _config(PREFIX + "HTTP_")
-    #: ``Host`` names served (DNS rebinding); ``*`` = any
+    #: ``Host`` names served (against DNS rebinding), port ignored; ``.example.com`` also allows its subdomains;
+    #: ``*`` = any.  Kept lower-case, IPv6 addresses without brackets.
     allowed_hosts: CommaList = ["localhost", "127.0.0.1", "::1"]
-    #: origins whose browser pages may call the API (CORS); empty = same origin only
+    #: origins (``https://app.example.com[:port]``) whose pages may call the API from the browser (CORS) and
+    #: write through it; ``*`` = any page.  Empty: no CORS headers, writes only from the service's own pages
     cors_origins: CommaList = []
-    #: lifetime of the ``?token=`` of a video job's stream and video URLs
+    #: lifetime in seconds of the ``?token=`` in a video job's ``stream_url`` and ``video_url``
     token_ttl_s: PositiveInt = 3600
 
     _lists = field_validator("allowed_hosts", "cors_origins", mode="before")(_comma_list)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        out = []
+        for entry in value:
+            m = _HOST_ENTRY.fullmatch(entry.strip().lower())
+            if m is None:
+                raise ValueError(f"{entry!r} is not a host name (give names like example.com, no scheme or path)")
+            out.append(m.group("v6") or m.group("name").rstrip(".") or ".")
+        return out
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        out = []
+        for entry in value:
+            origin = entry.strip().lower().rstrip("/")
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{entry!r} is not an origin like https://app.example.com or http://host:8080")
+            out.append(origin)
+        return out
 
 
 class RateLimitSettings(BaseSettings):

@@ -28,6 +28,7 @@ from .common import SECURITY_SCHEMES
 from .errors import register_error_handlers, validation_error_response
 from .keys import KeyStore
 from .schemas import ErrorResponse
+from .security import install as install_browser_safety
 from .service import EXTENSION, FaceRecService, get_service
 from ..settings import Settings
 
@@ -116,6 +117,7 @@ def create_app(
     app.extensions[EXTENSION] = FaceRecService(settings, rec, gallery, keys)
 
     register_error_handlers(app)
+    install_browser_safety(app)  # Host, cross-site writes, CORS, page headers (docs/security.md)
     app.before_request(check_request)
 
     from . import analysis, galleries, health, recognition, videos

@@ -10,6 +10,7 @@ from ..errors import FaceRecError, GalleryNotFoundError, ServiceUnavailableError
 from .auth import public
 from .common import TAG_HEALTH, UNAVAILABLE, api_blueprint
 from .schemas import ErrorResponse, HealthResponse, ReadyResponse
+from .security import any_host
 from .service import get_service
 
 log = logging.getLogger("facerec.api")
@@ -21,12 +22,14 @@ def create_blueprint() -> APIBlueprint:
 
     @bp.get("/health", responses={200: HealthResponse})
     @public
+    @any_host  # probes may name the machine's address
     def health():
         """Liveness: the process answers"""
         return HealthResponse(status="ok").model_dump()
 
     @bp.get("/ready", responses={200: ReadyResponse, **UNAVAILABLE})
     @public
+    @any_host
     def ready():
         """Readiness: models loaded and the gallery database answers (503 otherwise)"""
         svc = get_service()

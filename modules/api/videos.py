@@ -20,24 +20,24 @@ answers for any job (see :mod:`modules.jobs`).
 Limits come from ``FACEREC_VIDEO_*`` environment variables or
 ``create_blueprint(limits=...)``.  An ``<img>`` tag cannot send the
 ``X-API-Key`` header, so with keys on the stream endpoint is public but needs
-the job's ``stream_token`` (``?token=``), which only callers allowed to read
-the job are given (``stream_url`` in the job's status).
+a ``?token=`` that stands for the caller's key for an hour (``FACEREC_HTTP_TOKEN_TTL_S``), given only to callers
+allowed to read the job, freshly in every job record (``stream_url``, ``video_url``; :mod:`.url_tokens`).
 
 Register with ``create_app(..., extra_blueprints=[videos.create_blueprint()])``.
 """
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from flask import Response, current_app, request, send_file, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import InvalidRequestError, NotFoundError, UnauthorizedError, UnsupportedMediaError
+from ..errors import InvalidRequestError, NotFoundError, UnsupportedMediaError
 from ..jobs import MJPEG_MIMETYPE, ChunkPolicy, JobLimits, JobManager, validate_job_id
 from ..video.config import VideoConfig
+from . import url_tokens
 from .auth import authenticate, authorize_gallery, current_key, public
 from .common import API_PREFIX, CONFLICT, NOT_FOUND, UNAVAILABLE, api_blueprint, binary_response
 from .inputs import decode_base64
@@ -73,7 +73,8 @@ class DeleteQuery(_In):
 
 
 class StreamQuery(_In):
-    token: str | None = Field(None, max_length=100, description="the job's stream_token (needed when API keys are on)")
+    token: str | None = Field(None, max_length=200, description="the token of the job's `stream_url` or `video_url`"
+                              " (needed when API keys are on; it expires)")
 
 
 class VideoQuery(StreamQuery):
@@ -154,17 +155,19 @@ def _job_for_caller(job_id: str) -> dict[str, Any]:
 
 
 def _check_stream_token(job_id: str, token: str | None) -> None:
-    expected = get_manager().stream_token(job_id)
-    if not token or not expected or not hmac.compare_digest(token, expected):
-        raise UnauthorizedError("the job's stream_token (?token=) is missing or wrong")
+    """401 unless ``token`` is an unexpired link token for this job whose key is not revoked; 403 out of its scope."""
+    url_tokens.authenticate(get_manager().dir, job_id, token, get_service().keys)
+    _job_for_caller(job_id)
 
 
 def _with_links(job: dict[str, Any]) -> dict[str, Any]:
     base = f"{API_PREFIX}/videos/{job['job_id']}"
     links = {"self": base, "frames": f"{base}/frames", "tracks": f"{base}/tracks", "video": f"{base}/video"}
     stream, video = f"{base}/stream", f"{base}/video"
-    if get_service().keys is not None:
-        token = f"?token={get_manager().stream_token(job['job_id'])}"
+    key = current_key()
+    if key is not None:  # keys on: the links carry a fresh token standing for the caller's key
+        ttl = get_service().settings.http.token_ttl_s
+        token = f"?token={url_tokens.issue(get_manager().dir, job['job_id'], key, ttl)}"
         stream, video = stream + token, video + token
     links["stream"] = stream
     return {**job, "links": links, "stream_url": stream, "video_url": video}
@@ -294,7 +297,7 @@ def create_blueprint(
         """The annotated video, H.264 MP4 (409 until the job is done)
 
         Range requests are served, so a `<video>` tag can play and seek it. With API keys on, send a key
-        as usual or pass the job's `stream_token` as `?token=` (a `<video>` tag cannot send headers).
+        as usual or use the job's `video_url`, whose `?token=` expires (a `<video>` tag cannot send headers).
         `?download=true` asks the browser to save it.
         """
         job_id = validate_job_id(path.job_id)
@@ -322,8 +325,8 @@ def create_blueprint(
     def stream_video_job(path: JobPath, query: StreamQuery):
         """MJPEG stream of the annotated frames for an `<img>` tag (like the original `/video_feed`)
 
-        Live while the job runs, then the annotated video at its frame rate. With API keys on, pass the
-        job's `stream_token` as `?token=` (an `<img>` tag cannot send headers).
+        Live while the job runs, then the annotated video at its frame rate. With API keys on, use the job's
+        `stream_url`, whose `?token=` expires (an `<img>` tag cannot send headers).
         """
         mgr = get_manager()
         job_id = validate_job_id(path.job_id)

@@ -47,7 +47,7 @@ from .tasks import TaskContext, fail_job, plan
 
 log = logging.getLogger("facerec.jobs")
 
-PRIVATE = {  # state that stays inside: the public status has the rest
+PRIVATE = {  # state that stays inside: the public status has the rest (stream_token: jobs of earlier versions)
     "gallery_location", "input", "stream_token", "video_config", "max_frames", "owner", "heartbeat", "cancel",
     "phase", "overlap_frames", "result_dir", "pending_summary",
 }
@@ -111,9 +111,6 @@ class JobManager:
         if state.get("cancel") and state.get("status") in ACTIVE:
             out["cancel_requested"] = True
         return out
-
-    def stream_token(self, job_id: str) -> str:
-        return self._state(job_id).get("stream_token", "")
 
     def list(self) -> list[dict[str, Any]]:
         return [self._public(s) for s in self.store.list()]
@@ -192,7 +189,7 @@ class JobManager:
                 executor=self.executor.kind, chunks=len(ranges), workers=[], attempts=0,
                 # private
                 input=input_name, config=self.config_name, gallery_location=self.gallery_location,
-                stream_token=secrets.token_urlsafe(18), video_config=effective.model_dump(mode="json"),
+                video_config=effective.model_dump(mode="json"),
                 max_frames=self.limits.max_frames, overlap_frames=self.chunking.overlap_frames(info.fps),
                 owner=self.owner if self.in_process else None, heartbeat=time.time(), phase="analyze",
             )

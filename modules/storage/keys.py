@@ -99,6 +99,12 @@ class KeyStore:
             return None
         return ApiKey.from_row(row)
 
+    def get(self, key_id: str) -> ApiKey | None:
+        """The record of key ``key_id`` (revoked ones too: see ``revoked_at``); ``None`` when there is none."""
+        with read(self.engine, WHAT) as conn:
+            row = conn.execute(_RECORD.where(api_keys.c.id == key_id)).first()
+        return None if row is None else ApiKey.from_row(row)
+
     def list(self) -> list[ApiKey]:
         with read(self.engine, WHAT) as conn:
             return [ApiKey.from_row(r) for r in conn.execute(_RECORD.order_by(api_keys.c.created_at, api_keys.c.id))]

@@ -31,6 +31,7 @@ from typing import Any
 from flask import Blueprint, Flask, abort, current_app, redirect, render_template, send_from_directory, url_for
 
 from ..api.auth import public
+from ..api.security import set_page_headers
 
 __all__ = ["PAGES", "create_blueprint", "register_ui"]
 
@@ -46,12 +47,6 @@ PAGES = (
     ("webcam", "/ui/webcam", "Webcam"),
 )
 
-#: the pages load nothing from elsewhere; crops and video downloads are fetched as blobs
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-    "media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'self'; "
-    "form-action 'self'; frame-ancestors 'self'"
-)
 
 @functools.cache
 def _static_version(filename: str) -> str:
@@ -84,10 +79,8 @@ def _page_context(active: str) -> dict[str, Any]:
 
 
 def _render(template: str, active: str, title: str):
-    resp = current_app.make_response(render_template(template, title=title, **_page_context(active)))
-    resp.headers.update({"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
-                         "Referrer-Policy": "same-origin", "Cache-Control": "no-cache"})
-    return resp
+    # the pages load nothing from elsewhere; crops and video downloads are fetched as blobs
+    return set_page_headers(current_app.make_response(render_template(template, title=title, **_page_context(active))))
 
 
 def create_blueprint() -> Blueprint:
