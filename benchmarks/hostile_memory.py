@@ -1,22 +1,24 @@
 """Memory and time that hostile images cost a real server: peak RSS above idle per case, alone and in parallel.
 
     python -m benchmarks.hostile_memory                       # starts python app.py on a free port
-    python -m benchmarks.hostile_memory --parallel 8 --threads 16
-    python -m benchmarks.hostile_memory --decode-only         # only the in-process decode time of the files
+    python -m benchmarks.hostile_memory --parallel 8 --max-queued 5
+    python -m benchmarks.hostile_memory --decode-only         # only the in-process decode time of the bomb
 
 The files are generated here: a tiny JPEG whose header declares 6400x6200 pixels (a few hundred
 bytes that decode to 40 Mpx of grey), an all-black 16-bit 6300x6300 PNG (about 80 KB) and an
-enrollment of 20 copies of that JPEG.  For each case the server's resident memory is sampled
-every 10 ms while the request(s) run, and ``/health`` is polled throughout; the table gives the
-peak above the RSS measured just before the case, the wall time, the answers' status codes and
-the slowest ``/health`` answer.  ``--decode-only`` times :func:`modules.images.decode_image` on the
-bomb JPEG in this process instead.
+enrollment of 20 copies of that JPEG; alone, also a face photo upscaled 5x (over the decode
+budget) and an enrollment of 10 copies of it upscaled 4x (12 Mpx each).  For each case the
+server's resident memory is sampled every 10 ms while the request(s) run, and ``/health`` is
+polled throughout; the table gives the peak above the RSS measured just before the case, the
+wall time, the answers' status codes and the slowest ``/health`` answer.  The decode time of the
+bomb is measured in this process, at the decode budget and as detection decodes it (a preview).
 """
 from __future__ import annotations
 
 import argparse
 import io
 import json
+import os
 import struct
 import sys
 import tempfile
@@ -25,15 +27,17 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from benchmarks.load import start_server
+from benchmarks.load import SHARED, start_server
 
 BOMB_SIZE = (6400, 6200)
 PNG16_SIDE = 6300
 ENROLL_COPIES = 20
 MB = 1024 * 1024
+DEFAULT_IMAGE = SHARED / "face_recognition_examples" / "images" / "obama2.jpg"
 
 
 # --- the hostile files ----------------------------------------------------------------------------
@@ -153,6 +157,7 @@ class CaseResult:
     health_slowest_s: float
     health_failures: list[str] = field(default_factory=list)
     bodies: list[dict] = field(default_factory=list)
+    retry_after: list[str | None] = field(default_factory=list)
 
 
 def run_case(url: str, pid: int, name: str, send: Callable[[str], object], parallel: int = 1) -> CaseResult:
@@ -175,7 +180,8 @@ def run_case(url: str, pid: int, name: str, send: Callable[[str], object], paral
         except ValueError:
             bodies.append({})
     return CaseResult(name, parallel, base / MB, (peak - base) / MB, seconds,
-                      [a.status_code for a in answers], probe.slowest, probe.failures, bodies)  # type: ignore[attr-defined]
+                      [a.status_code for a in answers], probe.slowest, probe.failures, bodies,  # type: ignore[attr-defined]
+                      [a.headers.get("Retry-After") for a in answers])  # type: ignore[attr-defined]
 
 
 def hostile_cases() -> dict[str, Callable[[str], object]]:
@@ -198,15 +204,33 @@ def hostile_cases() -> dict[str, Callable[[str], object]]:
     }
 
 
-def decode_seconds(repeat: int = 5) -> float:
-    """Best-of-``repeat`` time of decoding the bomb JPEG in this process (the library's defaults)."""
-    from modules.images import decode_image
+def face_cases(photo: bytes) -> dict[str, Callable[[str], object]]:
+    """Large real photos: ``photo`` upscaled 5x (over the decode budget) to recognise, and an enrollment of
+    10 copies of it upscaled 4x (12 Mpx each, within the budget)."""
+    import requests
+
+    big, twelve = upscaled_jpeg(photo, 5), upscaled_jpeg(photo, 4)
+
+    def recognize(url: str) -> object:
+        return requests.post(url + "/recognition", data=big, headers={"Content-Type": "image/jpeg"}, timeout=120)
+
+    def enroll(url: str) -> object:
+        files = [("file", (f"p{i}.jpg", twelve, "image/jpeg")) for i in range(10)]
+        return requests.post(url + "/api/v1/galleries/default/people/subject/faces", files=files, timeout=300)
+
+    return {"face_photo_x5_18.8mpx": recognize, "enroll_10_photos_12mpx": enroll}
+
+
+def decode_seconds(repeat: int = 5, preview_side: int | None = None) -> float:
+    """Best-of-``repeat`` time of decoding the bomb JPEG in this process (the library's default budget);
+    ``preview_side``: as the recognizer decodes it for detection (800, YuNet's working size)."""
+    from modules.images import decode
 
     data = jpeg_bomb()
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
-        decode_image(data)
+        decode(data, preview_side=preview_side)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -215,22 +239,30 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parallel", type=int, default=8, help="requests at once in the parallel round (default 8; 1: none)")
     ap.add_argument("--threads", type=int, default=None, help="server request threads (default: app.py's)")
+    ap.add_argument("--max-queued", type=int, default=None,
+                    help="FACEREC_DECODE_MAX_QUEUED of the started server (default: the settings' default)")
     ap.add_argument("--decode-only", action="store_true", help="only time the bomb JPEG's decode in this process")
+    ap.add_argument("--photo", type=Path, default=DEFAULT_IMAGE, help="the face photo of the large-photo cases")
     args = ap.parse_args(argv)
     bomb = jpeg_bomb()
     print(f"bomb JPEG {len(bomb)} bytes declaring {BOMB_SIZE[0]}x{BOMB_SIZE[1]}; 16-bit PNG {len(png16_bomb())} bytes")
-    print(f"decode of the bomb JPEG in this process: {decode_seconds() * 1000:.0f} ms (best of 5)")
+    print(f"decode of the bomb JPEG in this process: {decode_seconds() * 1000:.0f} ms at the decode budget,"
+          f" {decode_seconds(preview_side=800) * 1000:.0f} ms as detection decodes it (best of 5)")
     if args.decode_only:
         return 0
     results = []
+    if args.max_queued is not None:
+        os.environ["FACEREC_DECODE_MAX_QUEUED"] = str(args.max_queued)
     with tempfile.TemporaryDirectory(prefix="facerec-hostile-") as tmp:
         proc, url = start_server("waitress", tmp, None, args.threads)
         try:
             import requests
 
             requests.post(url + "/recognition", data=bomb, headers={"Content-Type": "image/jpeg"}, timeout=120)
+            cases = hostile_cases()
+            alone = {**cases, **(face_cases(args.photo.read_bytes()) if args.photo.is_file() else {})}
             for parallel in sorted({1, max(1, args.parallel)}):
-                for name, send in hostile_cases().items():
+                for name, send in (alone if parallel == 1 else cases).items():
                     res = run_case(url, proc.pid, name, send, parallel)
                     results.append(res)
                     print(f"{name:24s} x{parallel}: +{res.peak_above_idle_mb:7.0f} MB above idle"
