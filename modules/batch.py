@@ -232,8 +232,9 @@ def process_folder(
                 errors += 1
                 continue
             try:
-                img = rec.load_image(path)
+                img = rec.decode(path)  # reduced to the decode budget; boxes come back in the file's pixels
                 result = rec.recognize(img, gallery, max_faces=max_faces, attributes=attributes, analyzer=analyzer)
+                sx, sy = img.scale
             except FaceRecError as exc:
                 entry["error"] = exc.message
                 errors += 1
@@ -250,7 +251,7 @@ def process_folder(
                 entry["faces"].append(d)
                 names[ident.name] += 1
                 if save_crops and ident.name != UNKNOWN:
-                    crop = crop_box(img, face.box, crop_margin)
+                    crop = crop_box(img.pixels, np.asarray(face.box) * [sx, sy, sx, sy], crop_margin)
                     if crop is not None:
                         stem = rel.rsplit(".", 1)[0].replace("/", "__")
                         crel = f"{safe_dirname(ident.name)}/{stem}_face{i}.jpg"

@@ -30,8 +30,12 @@ class YuNetDetector:
         self._net = cv2.FaceDetectorYN.create(path, "", (320, 320), c.score_threshold, c.nms_threshold, c.top_k)
         self._lock = threading.Lock()
 
-    def detect(self, image_bgr: np.ndarray) -> list[Face]:
-        """All faces, largest first; boxes are clipped to the image."""
+    def detect(self, image_bgr: np.ndarray, *, to_original: float = 1.0) -> list[Face]:
+        """All faces, largest first; boxes are clipped to the image.
+
+        ``to_original``: original pixels per pixel of ``image_bgr`` when it is a reduced decode
+        (``min_face_size`` counts pixels of the original image).
+        """
         if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
             raise ValueError(f"detector expects an HxWx3 uint8 BGR image, got {image_bgr.shape} {image_bgr.dtype}")
         h, w = image_bgr.shape[:2]
@@ -55,7 +59,7 @@ class YuNetDetector:
             box[[1, 3]] = np.clip(box[[1, 3]], 0, h)
             lm = d[4:14].reshape(5, 2).astype(np.float32) * np.array([sx, sy], np.float32)
             face = Face(box=box, landmarks=lm, det_score=float(d[14]))
-            if face.size >= self.config.min_face_size and face.size > 1:
+            if face.size * to_original >= self.config.min_face_size and face.size > 1:
                 faces.append(face)
         faces.sort(key=lambda f: f.width * f.height, reverse=True)
         return faces

@@ -15,11 +15,15 @@ class FaceRecError(Exception):
 
     status: int = 500
     code: str = "internal_error"
+    #: seconds after which a retry may succeed (the HTTP ``Retry-After``); ``None``: retrying will not help
+    retry_after: float | None = None
 
-    def __init__(self, message: str, *, details: dict[str, Any] | None = None):
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None, retry_after: float | None = None):
         super().__init__(message)
         self.message = message
         self.details = details or {}
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 # input
@@ -47,4 +51,5 @@ class EmbedderMismatchError(ConflictError): code = "embedder_mismatch"  # re-emb
 # configuration (a YAML config missing, malformed, with unknown keys) and models (a weights file missing)
 class ConfigError(FaceRecError): status, code = 500, "config_error"
 class ModelNotFoundError(ConfigError): code = "model_not_found"
-class ServiceUnavailableError(FaceRecError): status, code = 503, "unavailable"
+class ServiceUnavailableError(FaceRecError): status, code, retry_after = 503, "unavailable", 1
+class ServiceBusyError(ServiceUnavailableError): code = "busy"  # every decoding slot stayed taken: retry later

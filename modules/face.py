@@ -42,6 +42,16 @@ class Face:
         """Shorter side of the box in pixels (what minimum-size rules use)."""
         return min(self.width, self.height)
 
+    def rescale(self, sx: float, sy: float, width: float | None = None, height: float | None = None) -> Face:
+        """Multiply ``box`` and ``landmarks`` by ``(sx, sy)`` in place (into another image's coordinates),
+        the box clipped to ``width`` x ``height`` when given; returns ``self``."""
+        factors = np.array([sx, sy], np.float32)
+        self.box = (self.box.reshape(2, 2) * factors).reshape(4).astype(np.float32)
+        self.landmarks = (np.asarray(self.landmarks, np.float32) * factors).astype(np.float32)
+        if width is not None and height is not None:
+            self.box = np.clip(self.box, 0, np.array([width, height, width, height], np.float32))
+        return self
+
 
 @dataclass
 class Candidate:

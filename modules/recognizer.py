@@ -9,6 +9,14 @@
 Models load once in the constructor and the object may be shared between threads.
 :meth:`FaceRecognizer.recognize` is the one recognition path: the HTTP API, the
 folder script and the benchmarks all call it and get a :class:`RecognitionResult`.
+
+Images are decoded within a :class:`~modules.images.DecodeBudget`: one larger than
+the budget is detected on a reduced decode, and its faces are cropped from a decode
+at the budget's resolution (:meth:`FaceRecognizer.find_faces`).  Boxes and
+landmarks in every result are in the original image's pixel coordinates.  With a
+:class:`~modules.images.DecodeGate`, every decode and the work on its pixels holds
+one of the gate's slots; an enrollment decodes, embeds and drops its images one
+at a time.
 """
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ import hashlib
 import math
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,10 +39,10 @@ from .detection import YuNetDetector
 from .embedders import Embedder, build_embedder
 from .errors import GalleryNotFoundError, InvalidRequestError, MultipleFacesError, NoFaceError
 from .face import NO_FACE, UNKNOWN, Face, Identification
-from .images import decode_image, read_file, read_image
+from .images import DecodeBudget, DecodedImage, DecodeGate, decode, read_file
 from .matching import Matcher, Verification
 
-ImageInput = np.ndarray | bytes | str | Path
+ImageInput = np.ndarray | bytes | str | Path | DecodedImage
 FacePolicy = Literal["largest", "center", "error"]
 
 
@@ -119,6 +128,8 @@ class FaceRecognizer:
         embedder: Embedder | None = None,
         max_image_bytes: int | None = None,
         max_image_pixels: int | None = None,
+        decode_budget: DecodeBudget | None = None,
+        decode_gate: DecodeGate | None = None,
     ):
         self.config = config if isinstance(config, Config) else load_config(config)
         self.detector = detector or YuNetDetector(self.config.detector)
@@ -137,7 +148,10 @@ class FaceRecognizer:
             gallery = open_gallery(gallery)
         self.gallery = gallery
         limits = {"max_bytes": max_image_bytes, "max_pixels": max_image_pixels}
-        self._limits = {k: v for k, v in limits.items() if v}  # decode_image's defaults for the others
+        self._limits = {k: v for k, v in limits.items() if v}  # decode's defaults for the others
+        self.decode_budget = decode_budget or DecodeBudget()
+        #: bounds the decodes (and the work on their pixels) running at once; ``None``: no bound
+        self.decode_gate = decode_gate
 
     @classmethod
     def from_config(cls, config: str | Path | None = None, gallery: Any = None, **kw: Any) -> FaceRecognizer:
@@ -147,9 +161,24 @@ class FaceRecognizer:
     def model_id(self) -> str:
         return self.embedder.model_id
 
+    def configure_decoding(self, budget: DecodeBudget | None = None, gate: DecodeGate | None = None) -> None:
+        """Set the decode budget (``None``: unchanged) and the admission gate (``None``: none)."""
+        self.decode_budget = budget or self.decode_budget
+        self.decode_gate = gate
+
+    def admitted(self) -> AbstractContextManager[None]:
+        """A slot of :attr:`decode_gate` (re-entrant within a thread), to hold while decoded pixels live."""
+        return self.decode_gate.slot() if self.decode_gate is not None else nullcontext()
+
     # --- stages -------------------------------------------------------------------------
-    def load_image(self, image: ImageInput) -> np.ndarray:
-        """BGR uint8 array from an array, encoded bytes or a file path."""
+    def decode(self, image: ImageInput, *, preview: bool = False) -> DecodedImage:
+        """An array, encoded bytes or a file path as a :class:`DecodedImage`, within the limits and the budget.
+
+        ``preview``: a JPEG over the budget is decoded only as large as the detector works
+        (``detector.max_side``), refinable with :meth:`DecodedImage.refined`.
+        """
+        if isinstance(image, DecodedImage):
+            return image
         if isinstance(image, np.ndarray):
             if image.dtype != np.uint8 or image.ndim not in (2, 3) or image.size == 0:
                 raise InvalidRequestError(f"expected a non-empty uint8 image array, got {image.dtype} {image.shape}")
@@ -159,15 +188,51 @@ class FaceRecognizer:
                 image = np.ascontiguousarray(image[:, :, :3])
             elif image.shape[2] != 3:
                 raise InvalidRequestError(f"expected 1, 3 or 4 channels, got {image.shape[2]}")
-            return image
+            return DecodedImage.of_array(image)
         if isinstance(image, (bytes, bytearray, memoryview)):
-            return decode_image(bytes(image), **self._limits)
-        if isinstance(image, (str, Path)):
-            return read_image(image, **self._limits)
-        raise InvalidRequestError(f"unsupported image input of type {type(image).__name__}")
+            data = bytes(image)
+        elif isinstance(image, (str, Path)):
+            data = read_file(image)
+        else:
+            raise InvalidRequestError(f"unsupported image input of type {type(image).__name__}")
+        side = self.detector.config.max_side if preview else None
+        return decode(data, **self._limits, budget=self.decode_budget, preview_side=side)
+
+    def load_image(self, image: ImageInput) -> np.ndarray:
+        """BGR uint8 array from an array, encoded bytes or a file path (reduced to the decode budget)."""
+        return self.decode(image).refined().pixels
+
+    def find_faces(
+        self, image: ImageInput, *, crops: bool = True, timer: StageTimer | None = None
+    ) -> tuple[DecodedImage, list[Face]]:
+        """Decode and detect: the image and its faces (largest first) in the coordinates of its ``pixels``.
+
+        A JPEG over the decode budget is detected on a preview no larger than the detector uses.  With
+        ``crops`` and faces found, it is decoded again at the budget's resolution and the faces are moved
+        onto that decode: crops, attributes and quality are taken from the best resolution the budget
+        allows.  ``timer`` gets ``decode`` and ``detect`` laps.
+        """
+        img = self.decode(image, preview=True)
+        if timer:
+            timer.lap("decode")
+        sx, sy = img.scale
+        faces = self.detector.detect(img.pixels, to_original=1.0 / min(sx, sy))
+        if timer:
+            timer.lap("detect")
+        if crops and faces and img.refine is not None:
+            img = img.refined()
+            fx, fy = img.scale
+            for f in faces:
+                f.rescale(fx / sx, fy / sy, img.pixels.shape[1], img.pixels.shape[0])
+            if timer:
+                timer.lap("decode")
+        return img, faces
 
     def detect(self, image: ImageInput) -> list[Face]:
-        return self.detector.detect(self.load_image(image))
+        """Every face of the image (largest first), in the original image's pixel coordinates."""
+        with self.admitted():
+            img, faces = self.find_faces(image, crops=False)
+            return img.to_original(faces)
 
     def embed_faces(
         self,
@@ -201,20 +266,27 @@ class FaceRecognizer:
             timer.lap("embed")
         return list(faces)
 
-    def embed_image(self, image: ImageInput, policy: FacePolicy = "largest") -> Face:
-        """The embedded primary face of an image (:class:`NoFaceError` if none)."""
-        img = self.load_image(image)
-        face = primary_face(self.detector.detect(img), img.shape, policy)
-        self.embed_faces(img, [face])
-        return face
+    def embed_image(self, image: ImageInput, policy: FacePolicy = "largest", *, timer: StageTimer | None = None
+                    ) -> Face:
+        """The embedded primary face of an image (:class:`NoFaceError` if none), in the original's coordinates."""
+        with self.admitted():
+            if timer and self.decode_gate is not None:
+                timer.lap("queue")
+            img, faces = self.find_faces(image, timer=timer)
+            face = primary_face(faces, img.pixels.shape, policy)
+            self.embed_faces(img.pixels, [face], timer=timer)
+            return img.to_original([face])[0]
 
     # --- 1:1 --------------------------------------------------------------------------------
     def verify(self, image_a: ImageInput, image_b: ImageInput, policy: FacePolicy = "largest") -> VerifyResult:
-        """Whether the primary faces of two images are the same person (timings: decode, verify, total)."""
+        """Whether the primary faces of two images are the same person, decoded one after the other.
+
+        Timings: (queue,) decode, detect, align, embed, verify, total.
+        """
         timer = StageTimer()
-        img_a, img_b = self.load_image(image_a), self.load_image(image_b)
-        timer.lap("decode")
-        fa, fb = self.embed_image(img_a, policy), self.embed_image(img_b, policy)
+        with self.admitted():
+            fa = self.embed_image(image_a, policy, timer=timer)
+            fb = self.embed_image(image_b, policy, timer=timer)
         v = self.matcher.verify(fa.embedding, fb.embedding)
         timer.lap("verify")
         return VerifyResult(v.similarity, v.same, v.threshold, face_a=fa, face_b=fb, timings_ms=timer.total())
@@ -267,29 +339,35 @@ class FaceRecognizer:
         (e.g. ``"age,gender"``) are computed by ``analyzer`` (default: this recognizer's);
         an unknown name fails before any work.  ``missing_gallery_ok`` treats a gallery that
         does not exist as empty; otherwise it raises :class:`GalleryNotFoundError`, faces or not.
-        Timings: decode, detect, align, embed, match, attributes, total (ms).
+        Timings: (queue,) decode, detect, align, embed, attributes, match, total (ms); ``queue`` is the wait
+        for a slot of :attr:`decode_gate`, which is held until the pixels are dropped (before matching).
         """
         which = parse_attributes(attributes)
         if gallery is not None:
             self._require_gallery()
         timer = StageTimer()
-        img = self.load_image(image)
-        timer.lap("decode")
-        faces = self.detector.detect(img)[:max_faces]
-        timer.lap("detect")
+        with self.admitted():
+            if self.decode_gate is not None:
+                timer.lap("queue")
+            img, faces = self.find_faces(image, crops=gallery is not None or bool(which), timer=timer)
+            faces = faces[:max_faces]
+            if gallery is not None:
+                self.embed_faces(img.pixels, faces, query=True, timer=timer)
+            if which and faces:
+                (analyzer or self.attribute_analyzer).analyze(img.pixels, faces, which)
+                timer.lap("attributes")
+            img.to_original(faces)
+            width, height = img.width, img.height
+            del img
         idents: list[Identification | None] = [None] * len(faces)
         if gallery is not None:
-            self.embed_faces(img, faces, query=True, timer=timer)
             embs = np.stack([f.embedding for f in faces]) if faces else np.zeros((0, self.embedder.dim), np.float32)
             idents = list(self._identify(embs, gallery, top_k, missing_gallery_ok))
             timer.lap("match")
-        if which and faces:
-            (analyzer or self.attribute_analyzer).analyze(img, faces, which)
-            timer.lap("attributes")
         return RecognitionResult(
             faces=[RecognizedFace(f, i) for f, i in zip(faces, idents, strict=True)],
-            width=int(img.shape[1]),
-            height=int(img.shape[0]),
+            width=width,
+            height=height,
             timings_ms=timer.total(),
             gallery=gallery,
             model=self.model_id if gallery is not None else None,
@@ -308,9 +386,13 @@ class FaceRecognizer:
     ) -> list[Any]:
         """Detect and embed one face per image, raising before anything is written.
 
+        The images are decoded one at a time (each holding a slot of :attr:`decode_gate`):
+        decode, detect, embed, then the pixels are dropped before the next image.
         With ``check_quality`` (the default) the config's ``enrollment_quality``
         gate refuses small, blurred or turned-away faces with
-        :class:`~modules.errors.LowQualityFaceError` naming the image and the reasons.
+        :class:`~modules.errors.LowQualityFaceError` naming the image and the reasons;
+        the gate measures the face in the pixels its crop was taken from.
+        ``source_sha256`` is the hash of each file's bytes (of the pixels for arrays).
         """
         from .storage import NewFace
 
@@ -322,19 +404,22 @@ class FaceRecognizer:
         new: list[NewFace] = []
         for i, src in enumerate(images):
             name = sources[i] if sources is not None else (str(src) if isinstance(src, (str, Path)) else f"image {i}")
-            try:
-                # a file is read once: its bytes are both hashed and decoded
-                raw = read_file(src) if isinstance(src, (str, Path)) else src
-                raw = bytes(raw) if isinstance(raw, (bytearray, memoryview)) else raw
-                img = self.load_image(raw)
-                face = primary_face(self.detector.detect(img), img.shape, policy)
-            except (NoFaceError, MultipleFacesError) as exc:
-                raise type(exc)(f"{name}: {exc.message}") from exc
-            self.embed_faces(img, [face])
-            if check_quality and self.quality_gate is not None:
-                self.quality_gate.enforce(face, name, image_bgr=img)
-            digest = hashlib.sha256(raw if isinstance(raw, bytes) else img.tobytes()).hexdigest()
-            new.append(NewFace.from_face(face, source=name, source_sha256=digest))
+            # a file is read once: its bytes are both hashed and decoded
+            raw = read_file(src) if isinstance(src, (str, Path)) else src
+            raw = bytes(raw) if isinstance(raw, (bytearray, memoryview)) else raw
+            with self.admitted():
+                try:
+                    img, faces = self.find_faces(raw)
+                    face = primary_face(faces, img.pixels.shape, policy)
+                except (NoFaceError, MultipleFacesError) as exc:
+                    raise type(exc)(f"{name}: {exc.message}") from exc
+                self.embed_faces(img.pixels, [face])
+                if check_quality and self.quality_gate is not None:
+                    self.quality_gate.enforce(face, name, image_bgr=img.pixels)
+                hashed = raw if isinstance(raw, bytes) else img.pixels.tobytes()
+                img.to_original([face])
+                del img  # the pixels go before the next image is decoded
+            new.append(NewFace.from_face(face, source=name, source_sha256=hashlib.sha256(hashed).hexdigest()))
         return new
 
     def enroll(

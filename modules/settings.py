@@ -122,13 +122,22 @@ class ServerSettings(BaseSettings):
 
 
 class DecodeSettings(BaseSettings):
-    """The memory budget of image decoding (``FACEREC_DECODE_*``)."""
+    """The memory budget of image decoding (``FACEREC_DECODE_*``); see docs/memory.md."""
 
     model_config = _config(PREFIX + "DECODE_")
     #: images decoded at once in this process; more requests wait for a slot
     max_concurrent: PositiveInt = 2
     #: how long a request waits for a decoding slot before a 503 with ``Retry-After``
     wait_s: NonNegativeFloat = Field(10.0, allow_inf_nan=False)
+    #: requests waiting for a slot beyond which more get a 503 at once (``None``: no bound); at most the
+    #: server's request threads minus ``max_concurrent`` minus one keeps a thread free for ``/health``
+    max_queued: NonNegativeInt | None = None
+    #: images with more pixels are decoded reduced to about this many (JPEGs at 1/2, 1/4 or 1/8 scale)
+    pixels: PositiveInt = 16_000_000
+    #: decoder memory for one image at its real cost per pixel; other formats needing more are refused (413)
+    raster_bytes: PositiveInt = 192 * 1024 * 1024
+
+    _none_if_blank = field_validator("max_queued", mode="before")(_blank_is_none)
 
 
 #: an allowed-hosts entry: ``*``, a name or IPv4 address (``.`` first: and its subdomains), or an IPv6 address

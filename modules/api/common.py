@@ -9,8 +9,8 @@ from .schemas import ErrorResponse
 
 #: documented on every protected operation (the app adds them to each blueprint)
 COMMON_ERRORS = {400: ErrorResponse, 401: ErrorResponse, 403: ErrorResponse, 500: ErrorResponse}
-#: for operations that read an image
-IMAGE_ERRORS = {413: ErrorResponse, 415: ErrorResponse, 422: ErrorResponse}
+#: for operations that read an image (503 ``busy``: no decoding slot came free, see ``Retry-After``)
+IMAGE_ERRORS = {413: ErrorResponse, 415: ErrorResponse, 422: ErrorResponse, 503: ErrorResponse}
 NOT_FOUND = {404: ErrorResponse}
 CONFLICT = {409: ErrorResponse}
 UNAVAILABLE = {503: ErrorResponse}

@@ -4,10 +4,13 @@ Typed :class:`~modules.errors.FaceRecError` s carry their own status and code;
 Werkzeug's HTTP errors (unknown route, wrong method, Flask's
 ``MAX_CONTENT_LENGTH``...) are mapped to the same shape; anything else is a
 bug: logged with its traceback, answered with a plain 500 that reveals nothing.
+An error with a ``retry_after`` (503 ``unavailable`` and ``busy``) also sets the
+``Retry-After`` header, in whole seconds.
 """
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from flask import Flask, Response, current_app, jsonify, request
@@ -42,8 +45,8 @@ def handle_facerec_error(exc: FaceRecError) -> Response:
         log.error("%s %s failed: %s", request.method, request.path, exc.message, exc_info=exc)
         return error_response(exc.status, exc.code, "internal server error; see the server log")
     resp = error_response(exc.status, exc.code, exc.message, exc.details)
-    if isinstance(exc, ServiceUnavailableError):
-        resp.headers["Retry-After"] = "1"
+    if exc.retry_after is not None:
+        resp.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     return resp
 
 

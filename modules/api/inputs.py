@@ -2,7 +2,9 @@
 
 Nothing here touches the file system: uploads stay in memory (Flask's
 ``MAX_CONTENT_LENGTH`` bounds them) and client file names are only kept as a
-label (``source``) after being cut to a safe length.
+label (``source``) after being cut to a safe length.  A base64 image is measured
+by its decoded size against ``max_upload_bytes``, refused (413) from the length
+of its text before it is decoded.
 """
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import request
+from flask import current_app, request
 from pydantic import BaseModel, ValidationError
 
-from ..errors import BadImageError, InvalidRequestError, UnsupportedMediaError
+from ..errors import BadImageError, ImageTooLargeError, InvalidRequestError, UnsupportedMediaError
 from .errors import format_validation_error
 
 M = TypeVar("M", bound=BaseModel)
@@ -51,9 +53,9 @@ def read_payload() -> Payload:
     """The request's fields and files, whatever the content type (415 for unsupported ones)."""
     mimetype = request.mimetype or ""
     if mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        fields = {k: request.form.get(k) for k in request.form.keys()}
+        fields = {k: request.form.get(k) for k in request.form}
         files: dict[str, list[Upload]] = {}
-        for key in request.files.keys():
+        for key in request.files:
             parts = []
             for i, f in enumerate(request.files.getlist(key)):
                 parts.append(Upload(f.read(), _safe_source(f.filename, f"{key}[{i}]")))
@@ -76,7 +78,14 @@ def read_payload() -> Payload:
     )
 
 
-def decode_base64(value: Any, field: str) -> bytes:
+def base64_size(text: str) -> int:
+    """The number of bytes the (padded, whitespace-free) base64 ``text`` decodes to."""
+    return len(text) // 4 * 3 - len(text[-2:]) + len(text[-2:].rstrip("="))
+
+
+def decode_base64(value: Any, field: str, max_bytes: int | None = None) -> bytes:
+    """The bytes of a base64 string (a ``data:`` URL, line breaks and the URL-safe alphabet accepted);
+    413 before decoding when they would be more than ``max_bytes``."""
     if not isinstance(value, str):
         raise InvalidRequestError(f"{field} must be a base64 string, got {type(value).__name__}")
     text = _DATA_URL.sub("", value.strip(), count=1)
@@ -85,6 +94,8 @@ def decode_base64(value: Any, field: str) -> bytes:
         raise BadImageError(f"{field} is empty")
     text = text.replace("-", "+").replace("_", "/")  # URL-safe alphabet
     text += "=" * (-len(text) % 4)
+    if max_bytes is not None and (size := base64_size(text)) > max_bytes:
+        raise ImageTooLargeError(f"{field} decodes to {size} bytes; the limit is {max_bytes}")
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
@@ -103,8 +114,9 @@ def get_images(
             values = value if isinstance(value, list) else [value]
             if not many and len(values) != 1:
                 raise InvalidRequestError(f"{name} must be one image, got {len(values)}")
+            limit = current_app.config["FACEREC_SETTINGS"].max_upload_bytes
             uploads = [
-                Upload(decode_base64(v, name if len(values) == 1 else f"{name}[{i}]"), f"{name}[{i}]")
+                Upload(decode_base64(v, name if len(values) == 1 else f"{name}[{i}]", limit), f"{name}[{i}]")
                 for i, v in enumerate(values)
             ]
         else:

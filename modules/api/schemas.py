@@ -312,7 +312,7 @@ class _ImageResult(_Out):
         return {k: x for k, x in fields.items() if k in cls.model_fields}
 
 
-TIMINGS_DOC = "milliseconds per stage (decode, detect, align, embed, match, attributes) and total"
+TIMINGS_DOC = "milliseconds per stage (queue: the wait for a decoding slot, decode, detect, align, embed, attributes, match) and total"
 
 
 class RecognitionResponse(_ImageResult):

@@ -2,8 +2,11 @@
 
 Held in ``app.extensions["facerec"]``; :func:`get_service` returns it.  The
 recognizer (detector + embedder, loaded once; images decoded within the
-settings' byte and pixel limits) is thread-safe; the SQLite gallery uses one
-connection per thread and per process.
+settings' byte and pixel limits and the ``decode`` branch's budget) is
+thread-safe; the SQLite gallery uses one connection per thread and per process.
+The service's :class:`~modules.images.DecodeGate` (one per app, so one per
+server process) bounds the decodes running at once: every recognition path of
+the recognizer holds one of its slots while it has decoded pixels.
 """
 from __future__ import annotations
 
@@ -12,9 +15,10 @@ from typing import Any
 
 from flask import current_app
 
+from ..images import DecodeBudget, DecodeGate
 from ..recognizer import FaceRecognizer
-from .keys import KeyStore
 from ..settings import Settings
+from .keys import KeyStore
 
 EXTENSION = "facerec"
 
@@ -25,6 +29,14 @@ class FaceRecService:
     recognizer: FaceRecognizer
     gallery: Any
     keys: KeyStore | None
+    #: the admission limit on decodes (``settings.decode``), built from the settings when not given
+    decode_gate: DecodeGate | None = None
+
+    def __post_init__(self) -> None:
+        d = self.settings.decode
+        if self.decode_gate is None:
+            self.decode_gate = DecodeGate(d.max_concurrent, d.wait_s, d.max_queued)
+        self.recognizer.configure_decoding(DecodeBudget(d.pixels, d.raster_bytes), self.decode_gate)
 
     def close(self) -> None:
         close = getattr(self.gallery, "close", None)
