@@ -11,7 +11,7 @@ finished video job.  Then two runs of ``--duration`` seconds each:
   ``/recognition`` back to back (keep-alive), one thread polls ``/health``
   every 100 ms;
 * **adversarial**: the same, plus at once
-  - bombs: a 333-byte JPEG declaring 6400x6200, a 16-bit 6300x6300 PNG, an
+  - bombs: a tiny JPEG declaring 6400x6200, a 16-bit 6300x6300 PNG, an
     enrollment of 20 copies of the JPEG, in turn, back to back (2 threads);
   - bursts: every 5 s, 16 new connections post the normal image at the same moment;
   - a flood: one client fetching ``/api/v1/galleries`` as fast as it can;
@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import io
 import json
 import socket
-import struct
 import tempfile
 import threading
 import time
@@ -37,32 +35,10 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .hostile_memory import jpeg_bomb, png16_bomb
 from .load import DEFAULT_IMAGE, SHARED, Worker, enroll, multipart, one_face_jpeg, percentile, start_server
 
 CLIP = SHARED / "face_recognition_examples" / "video_short_hamilton_clip" / "short_hamilton_clip.mp4"
-
-
-# --- hostile files --------------------------------------------------------------------------------
-def jpeg_bomb(width: int = 6400, height: int = 6200) -> bytes:
-    """A tiny grey JPEG whose header declares ``width`` x ``height``: decoders fill the rest."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("L", (16, 16), 128).save(buf, "JPEG", quality=1)
-    data = bytearray(buf.getvalue())
-    sof = data.find(b"\xff\xc0")
-    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
-
-
-def png16_bomb(side: int = 6300) -> bytes:
-    """A 16-bit greyscale PNG of ``side`` x ``side`` (compresses to tens of KB)."""
-    import numpy as np
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.full((side, side), 1000, np.uint16)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 # --- clients --------------------------------------------------------------------------------------
