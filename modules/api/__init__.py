@@ -27,6 +27,7 @@ from .auth import check_request
 from .common import SECURITY_SCHEMES
 from .errors import register_error_handlers, validation_error_response
 from .keys import KeyStore
+from .limits import init_limits
 from .schemas import ErrorResponse
 from .service import EXTENSION, FaceRecService, get_service
 from ..settings import Settings
@@ -116,6 +117,7 @@ def create_app(
     app.extensions[EXTENSION] = FaceRecService(settings, rec, gallery, keys)
 
     register_error_handlers(app)
+    init_limits(app)  # before the key check: requests it refuses count too
     app.before_request(check_request)
 
     from . import analysis, galleries, health, recognition, videos

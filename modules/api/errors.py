@@ -14,7 +14,7 @@ from flask import Flask, Response, current_app, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from ..errors import FaceRecError, ServiceUnavailableError
+from ..errors import FaceRecError, RateLimitedError, ServiceUnavailableError
 from .schemas import ErrorBody, ErrorResponse
 
 log = logging.getLogger("facerec.api")
@@ -42,8 +42,8 @@ def handle_facerec_error(exc: FaceRecError) -> Response:
         log.error("%s %s failed: %s", request.method, request.path, exc.message, exc_info=exc)
         return error_response(exc.status, exc.code, "internal server error; see the server log")
     resp = error_response(exc.status, exc.code, exc.message, exc.details)
-    if isinstance(exc, ServiceUnavailableError):
-        resp.headers["Retry-After"] = "1"
+    if isinstance(exc, (ServiceUnavailableError, RateLimitedError)):  # seconds: the error's own, else 1
+        resp.headers["Retry-After"] = str(max(1, int(exc.details.get("retry_after_s") or 1)))
     return resp
 
 
