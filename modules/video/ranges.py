@@ -212,14 +212,16 @@ def _concat_pyav(paths: list[str | Path], out_path: Path) -> None:
 
 
 def _concat_opencv(paths: list[str | Path], out_path: Path) -> None:
+    """Decode and encode again with OpenCV alone (our own segments: no limits to check)."""
     writer = None
     try:
         for p in paths:
-            cap, info = open_capture(p)
+            cap = cv2.VideoCapture(str(p))
             try:
                 if writer is None:  # the path without PyAV, so OpenCV's own MPEG-4 encoder
-                    writer = VideoWriter(out_path, info.fps, (info.width, info.height), "mp4v")
-                while (frame := cap.read()) is not None:
+                    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+                    writer = VideoWriter(out_path, cap.get(cv2.CAP_PROP_FPS) or 25.0, size, "mp4v")
+                while (frame := cap.read()[1]) is not None:
                     writer.write(frame)
             finally:
                 cap.release()
