@@ -166,6 +166,9 @@ def test_frames_growing_past_the_per_frame_limit_fail_the_job_cleanly(video_apps
     rec_with_gallery.gallery.ensure_gallery("default")
     with pytest.raises(ImageTooLargeError, match="frame 5"):  # the same in test_frame.py's path
         process_video(videos["grows"], tmp_path / "out", rec_with_gallery, max_pixels=3840 * 2160)
+    (strict,) = video_apps(1, video={"max_pixels": 64 * 64 - 1})  # too large from the first frame: refused at once
+    r = _post(strict.test_client(), videos["small"], name="small.avi")
+    assert r.status_code == 413 and "the video is 64x64, larger than the limit of 4095" in r.get_json()["error"]["message"]
 
 
 def test_frames_x_pixels_budget_from_the_metadata_and_while_decoding(video_apps, videos):

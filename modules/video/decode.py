@@ -109,6 +109,10 @@ class VideoFile:
             self._stream = self._container.streams.video[0]
             self._stream.thread_type = "AUTO"
             if max_pixels is not None:  # the decoder refuses a larger frame before allocating it
+                w, h = self._stream.codec_context.width, self._stream.codec_context.height
+                if w * h > max_pixels:
+                    raise ImageTooLargeError(f"the video is {w}x{h}, larger than the limit of {max_pixels} pixels"
+                                             " per frame")
                 self._stream.codec_context.options = {"max_pixels": str(int(max_pixels))}
             self.fps = _fps(self._stream)
             self._frames = self._container.decode(self._stream)
@@ -147,7 +151,7 @@ class VideoFile:
                 raise BadImageError(f"decoding the video failed: {exc.strerror or exc}") from exc
             raise ImageTooLargeError(
                 f"frame {self._index} of the video is larger than the limit of {self.max_pixels} pixels per frame"
-                " (or does not decode); the frames change size mid-video", details={"frame": self._index},
+                " (or does not decode)", details={"frame": self._index},
             ) from exc
         except self._av.error.FFmpegError as exc:
             raise BadImageError(f"decoding the video failed at frame {self._index}: {exc.strerror or exc}") from exc
