@@ -111,7 +111,7 @@ def test_counts_in_memory_while_redis_is_away(make_app):
     _assert_429(c.get(GALLERIES), "3 per 1 minute")
 
 
-def test_storage_follows_the_queue_and_bad_settings_name_their_variable(monkeypatch):
+def test_storage_follows_the_queue_and_bad_settings_name_their_variable(make_app, monkeypatch):
     from modules.api.limits import storage_url
     from modules.errors import ConfigError
     from modules.settings import load_settings
@@ -125,3 +125,5 @@ def test_storage_follows_the_queue_and_bad_settings_name_their_variable(monkeypa
         load_settings()
     monkeypatch.setenv("FACEREC_RATE_HEAVY", "")
     assert load_settings().rate.heavy == ""  # blank: no such budget
+    with pytest.raises(ConfigError, match="counter store 'nosuch://x'"):
+        make_app(rate={"storage_url": "nosuch://x"})

@@ -18,7 +18,6 @@ instead: see :mod:`modules.jobs.manager`.
 """
 from __future__ import annotations
 
-import logging
 import math
 import time
 
@@ -32,8 +31,6 @@ from .auth import HEADER, current_key
 from .errors import handle_facerec_error
 from .service import EXTENSION as SERVICE
 from .service import get_service
-
-log = logging.getLogger("facerec.api")
 
 EXTENSION = "facerec_limiter"
 #: never counted: liveness, readiness, metrics, the OpenAPI document and the docs
@@ -63,7 +60,7 @@ def client_id() -> str:
 def storage_url(settings: Settings) -> str:
     """Where the counters live: ``rate.storage_url``, else the queue's Redis, else this process's memory."""
     url = settings.rate.storage_url or settings.queue_url or "memory://"
-    if url.startswith("unix://"):  # the queue's spelling of a Redis socket; the limits package's
+    if url.startswith("unix://"):  # a Redis socket as the queue spells it; the limits package: redis+unix://
         url = "redis+unix://" + url[len("unix://"):]
     return url
 
@@ -108,8 +105,8 @@ def init_limits(app: Flask) -> Limiter | None:
         budgets.append(ApplicationLimit(rate.heavy, scope="heavy", exempt_when=lambda: request.method not in
                                         HEAVY_METHODS))
     url = storage_url(settings)
-    options = {} if url.startswith("memory") else {"socket_timeout": REDIS_TIMEOUT_S,
-                                                   "socket_connect_timeout": REDIS_TIMEOUT_S}
+    redis = url.startswith(("redis://", "rediss://", "redis+unix://"))
+    options = {"socket_timeout": REDIS_TIMEOUT_S, "socket_connect_timeout": REDIS_TIMEOUT_S} if redis else {}
     app.before_request(_identify)
     try:
         limiter = Limiter(
