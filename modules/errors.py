@@ -30,6 +30,7 @@ class FaceRecError(Exception):
 class InvalidRequestError(FaceRecError): status, code = 400, "invalid_request"
 class BadImageError(FaceRecError): status, code = 400, "bad_image"  # empty, truncated, not an image
 class UnsupportedMediaError(FaceRecError): status, code = 415, "unsupported_media_type"
+class NotAVideoError(UnsupportedMediaError): code = "not_a_video"  # an image, a PDF, no video stream
 class ImageTooLargeError(FaceRecError): status, code = 413, "too_large"  # bytes or pixels over the limit
 class NoFaceError(FaceRecError): status, code = 422, "no_face"
 class MultipleFacesError(FaceRecError): status, code = 422, "multiple_faces"
@@ -53,3 +54,4 @@ class ConfigError(FaceRecError): status, code = 500, "config_error"
 class ModelNotFoundError(ConfigError): code = "model_not_found"
 class ServiceUnavailableError(FaceRecError): status, code, retry_after = 503, "unavailable", 1
 class ServiceBusyError(ServiceUnavailableError): code = "busy"  # every decoding slot stayed taken: retry later
+class RateLimitedError(FaceRecError): status, code, retry_after = 429, "rate_limited", 1  # over a quota

@@ -66,7 +66,11 @@ class VideoLimits(BaseSettings):
     max_upload_bytes: PositiveInt = 200 * 1024 * 1024
     max_frames: PositiveInt = 30 * 60 * 60  # an hour at 30 fps
     max_duration_s: float = Field(3600.0, gt=0)
+    #: pixels of one frame, checked on every decoded frame (a stream may change size mid-video)
     max_pixels: PositiveInt = 3840 * 2160
+    #: frames x pixels of a whole video, checked from the container's metadata before a job is accepted and
+    #: again while decoding; default: an hour of 1080p at 30 fps (so 15 minutes of 4K), about an hour of work
+    max_total_pixels: PositiveInt = 1920 * 1080 * 30 * 3600
     max_running: PositiveInt = 1  # in-process: CPU-bound, one task at a time per process on small machines
     max_queued: NonNegativeInt = 8  # in-process: waiting jobs per process
     max_kept: PositiveInt = 200  # finished jobs kept; the oldest beyond are deleted
@@ -190,15 +194,32 @@ class RateLimitSettings(BaseSettings):
     """Quotas per API key, or per client address when keys are off (``FACEREC_RATE_*``)."""
 
     model_config = _config(PREFIX + "RATE_")
+    #: off: no request budgets and no video job quota
     enabled: bool = True
-    #: every request (Flask-Limiter syntax, ``;``-separated)
+    #: every request but health, readiness, metrics and the docs (Flask-Limiter syntax, ``;``-separated;
+    #: blank: none)
     default: str = "1200 per minute"
+    #: POST, PUT and PATCH requests (they run the models or write), counted on top of ``default``
+    heavy: str = "600 per minute"
     #: ``memory://`` or ``redis://...``; ``None``: the queue's Redis when ``queue_url`` is set, else memory
     storage_url: str | None = None
     #: video jobs queued or running per key (or client address)
     video_jobs: PositiveInt = 2
 
     _none_if_blank = field_validator("storage_url", mode="before")(_blank_is_none)
+
+    @field_validator("default", "heavy")
+    @classmethod
+    def _limit_syntax(cls, value: str) -> str:
+        from limits import parse_many
+
+        if not value.strip():  # blank: no such budget
+            return ""
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"not a rate limit like '600 per minute' or '10/second;600/hour': {exc}") from None
+        return value
 
 
 class MetricsSettings(BaseSettings):

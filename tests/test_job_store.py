@@ -16,6 +16,7 @@ from sqlalchemy import text
 from modules.errors import ServiceUnavailableError
 from modules.storage.engine import get_engine
 from modules.storage.jobs import ACTIVE, JobNotFoundError, metadata, now_iso, open_job_store
+from modules.storage.migrate import head
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy"
 JOB = "11111111-1111-4111-8111-111111111111"
@@ -48,7 +49,8 @@ def test_jobs_chunks_and_frames_round_trip(location):
         for i in range(2):
             tx.put_chunk({"job_id": JOB, "idx": i, "start_frame": 10 * i, "end_frame": 10 * i + 10})
     job = store.get(JOB)
-    assert job == {**put, "phase": "analyze", "executor": "inprocess", "heartbeat": None} and job["cancel"] is False
+    assert job == {**put, "phase": "analyze", "executor": "inprocess", "heartbeat": None, "client": None}
+    assert job["cancel"] is False
     assert job["video"] == {"fps": 25.0} and job["name"] == "café" and job["updated_at"]
     assert [j["status"] for j in store.list()] == ["done", "queued"]  # oldest first
     assert [j["job_id"] for j in store.active()] == [JOB] and set(ACTIVE) == {"queued", "running"}
@@ -143,7 +145,7 @@ def test_sqlite_file_is_created_by_the_first_write_private(tmp_path):
         tx.put_job(_job())
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [j["job_id"] for j in reader.list()] == [JOB]  # the store opened first finds the new file
-    assert _versions(path) == ["jobs_0001"]
+    assert _versions(path) == [head("jobs")]
     reader.close()
     writer.close()
 
@@ -207,7 +209,7 @@ def _assert_reads_the_legacy_job(store, exp: dict, *, same_updated_at: bool) -> 
     job = store.get(job_id)
     if not same_updated_at:
         job["updated_at"] = exp["job"]["updated_at"]
-    assert job == exp["job"] and job["filename"] == "café.mp4"
+    assert job == {**exp["job"], "client": None} and job["filename"] == "café.mp4"  # no client: before quotas
     assert store.frames(job_id) == exp["frames"] and store.count_frames(job_id) == 5
     assert store.tracks(job_id) == exp["tracks"]
     assert [(c["status"], c["render_status"], c["rendered"]) for c in store.chunks(job_id)] == [("done", "done", 5)]
@@ -223,10 +225,10 @@ def test_legacy_sqlite_jobs_db_is_adopted_with_its_rows(tmp_path):
     path = tmp_path / "jobs.db"
     shutil.copy(LEGACY / "jobs.db", path)
     store = open_job_store(path)
-    assert _versions(path) == ["jobs_0001"]
+    assert _versions(path) == [head("jobs")]  # stamped at the baseline, then upgraded
     _assert_reads_the_legacy_job(store, _expected(), same_updated_at=True)
     store.close()
-    assert _versions(path) == ["jobs_0001"] and open_job_store(path).count_active() == 1  # opened again: as is
+    assert _versions(path) == [head("jobs")] and open_job_store(path).count_active() == 1  # opened again: as is
 
 
 def test_legacy_postgres_job_tables_are_adopted_with_their_rows(pg_url):
@@ -235,7 +237,7 @@ def test_legacy_postgres_job_tables_are_adopted_with_their_rows(pg_url):
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute((LEGACY / "jobs_postgres.sql").read_text(encoding="utf-8"))
     store = open_job_store(pg_url)
-    assert _versions(pg_url) == ["jobs_0001"]
+    assert _versions(pg_url) == [head("jobs")]
     with get_engine(pg_url).connect() as conn:  # the old tables are exactly what the baseline creates
         ctx = MigrationContext.configure(conn, opts={"compare_server_default": True, "version_table": "facerec_schema"})
         assert compare_metadata(ctx, metadata) == []

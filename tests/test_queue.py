@@ -297,7 +297,8 @@ def queue_app(queue_rec, clip_dir, labels, redis_url, tmp_path):
     from modules.settings import Settings
     from modules.web import create_app
 
-    app = create_app(Settings(data_dir=tmp_path / "data", queue_url=redis_url, video_chunk_seconds=3.0),
+    app = create_app(Settings(data_dir=tmp_path / "data", queue_url=redis_url, video_chunk_seconds=3.0,
+                              rate={"video_jobs": 3}),  # a test sends three jobs at once from one client
                      recognizer=queue_rec, TESTING=True)
     svc = app.extensions["facerec"]
     _enroll(svc.recognizer, clip_dir, labels)

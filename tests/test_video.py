@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from benchmarks.video import evaluate, load_labels, read_jsonl
-from modules.errors import BadImageError, ImageTooLargeError, ServiceUnavailableError
+from modules.errors import BadImageError, ImageTooLargeError, NotAVideoError, ServiceUnavailableError
 from modules.face import UNKNOWN, Candidate
 
 CLIP = Path("face_recognition_examples") / "video_short_hamilton_clip"
@@ -415,8 +415,10 @@ def test_job_limits_and_bad_input(manager_factory, short_clip, clip_dir, labels)
     m2 = manager_factory(max_frames=10)
     with pytest.raises(ImageTooLargeError):
         m2.submit(short_clip.read_bytes(), "short.mp4")
-    with pytest.raises(BadImageError):
+    with pytest.raises(NotAVideoError):
         m2.submit(b"not a video at all", "x.mp4")
+    with pytest.raises(BadImageError):  # starts like an MP4, but is cut short
+        m2.submit(short_clip.read_bytes()[:3000], "x.mp4")
     m3 = manager_factory(max_running=1, max_queued=0)
     m3.submit((clip_dir / labels["video"]).read_bytes(), "clip.mp4")
     with pytest.raises(ServiceUnavailableError):
@@ -548,7 +550,7 @@ def test_http_base64_upload_and_errors(video_client, short_clip):
     assert c.get(f"/api/v1/videos/{job_id}/tracks").status_code in (200, 409)
     assert _wait_http(c, job_id)["status"] == "done"
     bad = c.post("/api/v1/videos", data={"file": (io.BytesIO(b"garbage"), "x.mp4")}, content_type="multipart/form-data")
-    assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "bad_image"
+    assert bad.status_code == 415 and bad.get_json()["error"]["code"] == "not_a_video"
     assert "/" not in bad.get_json()["error"]["message"]  # no server paths
     assert c.post("/api/v1/videos", json={}).status_code == 400
     nf = c.get("/api/v1/videos/00000000-0000-4000-8000-000000000000")

@@ -27,6 +27,7 @@ from .auth import check_request
 from .common import SECURITY_SCHEMES
 from .errors import register_error_handlers, validation_error_response
 from .keys import KeyStore
+from .limits import init_limits
 from .schemas import ErrorResponse
 from .security import install as install_browser_safety
 from .service import EXTENSION, FaceRecService, get_service
@@ -118,6 +119,7 @@ def create_app(
 
     register_error_handlers(app)
     install_browser_safety(app)  # Host, cross-site writes, CORS, page headers (docs/security.md)
+    init_limits(app)  # before the key check: requests it refuses count too
     app.before_request(check_request)
 
     from . import analysis, galleries, health, recognition, videos

@@ -8,7 +8,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from .schemas import ErrorResponse
 
 #: documented on every protected operation (the app adds them to each blueprint)
-COMMON_ERRORS = {400: ErrorResponse, 401: ErrorResponse, 403: ErrorResponse, 500: ErrorResponse}
+COMMON_ERRORS = {400: ErrorResponse, 401: ErrorResponse, 403: ErrorResponse, 429: ErrorResponse, 500: ErrorResponse}
 #: for operations that read an image (503 ``busy``: no decoding slot came free, see ``Retry-After``)
 IMAGE_ERRORS = {413: ErrorResponse, 415: ErrorResponse, 422: ErrorResponse, 503: ErrorResponse}
 NOT_FOUND = {404: ErrorResponse}

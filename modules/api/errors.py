@@ -4,7 +4,7 @@ Typed :class:`~modules.errors.FaceRecError` s carry their own status and code;
 Werkzeug's HTTP errors (unknown route, wrong method, Flask's
 ``MAX_CONTENT_LENGTH``...) are mapped to the same shape; anything else is a
 bug: logged with its traceback, answered with a plain 500 that reveals nothing.
-An error with a ``retry_after`` (503 ``unavailable`` and ``busy``) also sets the
+An error with a ``retry_after`` (429 ``rate_limited``, 503 ``unavailable`` and ``busy``) also sets the
 ``Retry-After`` header, in whole seconds.
 """
 from __future__ import annotations

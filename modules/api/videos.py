@@ -41,6 +41,7 @@ from . import url_tokens
 from .auth import authenticate, authorize_gallery, current_key, public
 from .common import API_PREFIX, CONFLICT, NOT_FOUND, UNAVAILABLE, api_blueprint, binary_response
 from .inputs import decode_base64
+from .limits import client_id
 from .schemas import ErrorResponse
 from .service import get_service
 
@@ -240,10 +241,15 @@ def create_blueprint(
         """Upload a video: 202 with the job id; it is processed in the background
 
         Multipart `file` (the original clients' JSON `{"file": <base64>}` also works) and an
-        optional `gallery`. Follow it with `GET /api/v1/videos/{job_id}`.
+        optional `gallery`. Follow it with `GET /api/v1/videos/{job_id}`. 415 `not_a_video` for an
+        image, a PDF or any file that is no video container; 429 `rate_limited` (with `Retry-After`) when
+        this API key (or client address) already has `FACEREC_RATE_VIDEO_JOBS` jobs queued or running.
         """
         svc = get_service()
         mgr = get_manager()
+        rate = svc.settings.rate
+        client, quota = client_id(), (rate.video_jobs if rate.enabled else None)
+        mgr.check_client_quota(client, quota)  # 429 before the upload is read
         data, filename, fields = _read_upload(mgr.limits.max_upload_bytes)
         gallery = fields.get("gallery") or svc.settings.default_gallery
         if not isinstance(gallery, str):
@@ -256,7 +262,7 @@ def create_blueprint(
             if fields["decision"] not in ("mean", "vote"):
                 raise InvalidRequestError("decision must be 'mean' or 'vote'")
             settings["decision"] = fields["decision"]
-        job = mgr.submit(data, filename, gallery, settings or None)
+        job = mgr.submit(data, filename, gallery, settings or None, client=client, client_limit=quota)
         resp = _with_links(job)
         return resp, 202, {"Location": resp["links"]["self"]}
 

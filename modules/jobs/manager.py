@@ -3,8 +3,10 @@
 :class:`JobManager` is what the API talks to, whatever runs the jobs.  State and results are in the job store
 (:mod:`modules.storage.jobs`), files under ``<storage_dir>/<job_id>/`` (where lives what: docs/queue.md), so any
 API server answers for any job.  Limits are checked before a job is queued (503 past ``max_running + max_queued``
-active jobs per process in-process, ``max_active`` in all with a queue).  Job ids are UUID4 strings, validated
-before any path is built.
+active jobs per process in-process, ``max_active`` in all with a queue; 429 past ``client_limit`` active jobs of one
+client, counted in the job store; 413 past the size, length and pixel limits of the container's metadata; 415 for
+a file that is no video container).  The frames are checked again as they are decoded (:mod:`modules.video.decode`).
+Job ids are UUID4 strings, validated before any path is built.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..errors import (
     ImageTooLargeError,
     InvalidRequestError,
     NotFoundError,
+    RateLimitedError,
     ServiceUnavailableError,
     UnsupportedMediaError,
 )
@@ -49,8 +52,10 @@ log = logging.getLogger("facerec.jobs")
 
 PRIVATE = {  # state that stays inside: the public status has the rest (stream_token: jobs of earlier versions)
     "gallery_location", "input", "stream_token", "video_config", "max_frames", "owner", "heartbeat", "cancel",
-    "phase", "overlap_frames", "result_dir", "pending_summary",
+    "phase", "overlap_frames", "result_dir", "pending_summary", "client", "max_pixels", "max_total_pixels",
 }
+#: ``Retry-After`` of a refusal by the per-client quota: about how often a job's end is worth checking for
+QUOTA_RETRY_AFTER_S = 30
 _CHUNK = 1 << 20
 
 
@@ -147,16 +152,36 @@ class JobManager:
             shutil.rmtree(self.dir / s["job_id"], ignore_errors=True)
 
     # --- submit --------------------------------------------------------------------------------------------------
+    def check_client_quota(self, client: str | None, limit: int | None) -> None:
+        """:class:`RateLimitedError` (429) when ``client`` has ``limit`` jobs queued or running already."""
+        if client is not None and limit is not None:
+            self._quota(self.store.count_active(client=client), limit)
+
+    @staticmethod
+    def _quota(active: int, limit: int) -> None:
+        if active >= limit:
+            raise RateLimitedError(
+                f"this client has {active} video job(s) queued or running, the limit is {limit};"
+                " retry when one has ended (or cancel one)",
+                details={"active": active, "limit": limit, "retry_after_s": QUOTA_RETRY_AFTER_S},
+                retry_after=QUOTA_RETRY_AFTER_S,
+            )
+
     def submit(self, data: bytes | IO[bytes] | str | Path, filename: str | None = None, gallery: str = "default",
-               video_settings: dict[str, Any] | None = None) -> dict[str, Any]:
+               video_settings: dict[str, Any] | None = None, *, client: str | None = None,
+               client_limit: int | None = None) -> dict[str, Any]:
         """Store the upload, check it, queue it: the job's state (``status`` ``queued``).
 
         :class:`ImageTooLargeError` (413) past the size/frames/duration/pixel limits,
+        :class:`NotAVideoError` (415) for an image, a PDF or anything else that is no video container,
         :class:`BadImageError` (400) when it does not decode as a video,
+        :class:`RateLimitedError` (429) when ``client`` (who submits: its key or address) has ``client_limit``
+        jobs queued or running (counted in the job store, so across processes and servers),
         :class:`ServiceUnavailableError` (503) when the queue is full or unreachable.
         """
         if self._closed.is_set():
             raise ServiceUnavailableError("the video job manager is shutting down")
+        self.check_client_quota(client, client_limit)
         try:  # validate now: 400 before any upload work
             effective = merge_video_config(video_settings or {}, self.video_config, where=" (request)")
         except ConfigError as exc:
@@ -177,7 +202,7 @@ class JobManager:
             if size == 0:
                 raise BadImageError("the uploaded video is empty")
             try:
-                info = probe(d / input_name)
+                info = probe(d / input_name, max_pixels=self.limits.max_pixels)
             except (BadImageError, InvalidRequestError):
                 raise BadImageError("the uploaded file is not a decodable video") from None
             self._check(info)
@@ -191,9 +216,12 @@ class JobManager:
                 input=input_name, config=self.config_name, gallery_location=self.gallery_location,
                 video_config=effective.model_dump(mode="json"),
                 max_frames=self.limits.max_frames, overlap_frames=self.chunking.overlap_frames(info.fps),
-                owner=self.owner if self.in_process else None, heartbeat=time.time(), phase="analyze",
+                max_pixels=self.limits.max_pixels, max_total_pixels=self.limits.max_total_pixels,
+                owner=self.owner if self.in_process else None, heartbeat=time.time(), phase="analyze", client=client,
             )
             with self.store.tx() as tx:
+                if client is not None and client_limit is not None:  # again, counted under the client's lock
+                    self._quota(tx.count_client(client), client_limit)
                 tx.put_job(state)
                 for i, (start, end) in enumerate(ranges):
                     tx.put_chunk({"job_id": job_id, "idx": i, "start_frame": start, "end_frame": end})
@@ -233,6 +261,11 @@ class JobManager:
             raise ImageTooLargeError(f"the video has {info.frames} frames; the limit is {lim.max_frames}")
         if info.duration_s is not None and info.duration_s > lim.max_duration_s:
             raise ImageTooLargeError(f"the video lasts {info.duration_s:.0f} s; the limit is {lim.max_duration_s:.0f} s")
+        if info.frames is not None and info.frames * info.width * info.height > lim.max_total_pixels:
+            raise ImageTooLargeError(
+                f"the video is {info.frames} frames of {info.width}x{info.height}, more than the limit of"
+                f" {lim.max_total_pixels} pixels (frames x width x height) for one job; send a shorter or smaller video"
+            )
 
     # --- cancel / delete ------------------------------------------------------------------------------------------
     def cancel(self, job_id: str, purge: bool = False) -> dict[str, Any]:

@@ -67,6 +67,11 @@ def video_config(job: dict[str, Any]) -> VideoConfig:
     return cfg.model_copy(update={"save_unknown_crops": False})
 
 
+def frame_limits(job: dict[str, Any]) -> dict[str, int | None]:
+    """The limits a job's frames are decoded within (stored with the job when it was accepted)."""
+    return {k: job.get(k) for k in ("max_frames", "max_pixels", "max_total_pixels")}
+
+
 def plan(job: dict[str, Any]) -> list[list[tuple[str, int]]]:
     """The stages of ``job``'s tasks, ``[[(kind, idx), ...], ...]``."""
     n = int(job.get("chunks") or 1)
@@ -269,7 +274,7 @@ def _run_whole(ctx: TaskContext, job: dict[str, Any], chunk: dict[str, Any], att
     tick = _Ticker(ctx, job, 0, attempt)
     summary = process_video(d / job["input"], d / run_dir, ctx.recognizer_for(job.get("config")), job["gallery"],
                             video_config(job), progress=lambda done, _total, fps: tick(done, fps), hooks=[tick],
-                            stop=tick.stop, max_frames=job.get("max_frames"))
+                            stop=tick.stop, **frame_limits(job))
     status = "cancelled" if summary["stopped"] else "done"
     keys = ("frames", "seconds", "fps", "tracks", "named_tracks", "people", "name_switches")
     with ctx.store.tx() as tx:
@@ -288,7 +293,7 @@ def _run_range(ctx: TaskContext, job: dict[str, Any], chunk: dict[str, Any], att
     result = analyze_range(d / job["input"], chunk["start_frame"], chunk["end_frame"],
                            int(job.get("overlap_frames") or 0), ctx.recognizer_for(job.get("config")),
                            job["gallery"], video_config(job), crops_dir=d / crops, progress=tick,
-                           on_frame=tick.live, stop=tick.stop, max_frames=job.get("max_frames"))
+                           on_frame=tick.live, stop=tick.stop, **frame_limits(job))
     if result["stopped"]:
         cancel_job(ctx.store, job_id)
         return

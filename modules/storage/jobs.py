@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (Column, Connection, Double, Engine, ForeignKey, Index, Integer, MetaData, Table, Text,
-                        TypeDecorator, create_engine, delete, exc as sa_exc, func, inspect, select, update)
+                        TypeDecorator, create_engine, delete, exc as sa_exc, func, inspect, select, text, update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import StaticPool
 
@@ -53,7 +53,8 @@ video_jobs = Table(
     Column("owner", Text), Column("heartbeat", Double), Column("cancel", Integer, nullable=False, server_default="0"),
     Column("created_at", Text, nullable=False), Column("updated_at", Text, nullable=False),
     Column("state", JsonText, nullable=False), Column("tracks", JsonText),
-    Index("video_jobs_status", "status", "created_at"),
+    Column("client", Text),  # who submitted it (``key:<id>`` or ``addr:<address>``): the per-client quota
+    Index("video_jobs_status", "status", "created_at"), Index("video_jobs_client", "client", "status"),
 )
 video_chunks = Table(
     "video_chunks", metadata,
@@ -190,6 +191,15 @@ class Tx:
     def count(self, table: Table, *where: Any) -> int:
         return int(self.conn.scalar(select(func.count()).select_from(table).where(*where)))
 
+    def count_client(self, client: str) -> int:
+        """Queued and running jobs of ``client``, counted under a lock per client (two submissions of one
+        client in two processes are counted one after the other: SQLite's writes are serial anyway)."""
+        if self.conn.dialect.name == "postgresql":
+            digest = hashlib.sha1(f"facerec-client:{client}".encode()).digest()
+            self.conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+                              {"k": int.from_bytes(digest[:8], "big", signed=True)})
+        return self.count(video_jobs, video_jobs.c.client == client, video_jobs.c.status.in_(ACTIVE))
+
 
 @functools.cache
 def _empty() -> Engine:
@@ -263,9 +273,12 @@ class JobStore:
     def active(self) -> list[dict[str, Any]]:
         return self._read(Tx.jobs, True)
 
-    def count_active(self, owner: str | None = None) -> int:
-        owned = [] if owner is None else [video_jobs.c.owner == owner]
-        return self._read(Tx.count, video_jobs, video_jobs.c.status.in_(ACTIVE), *owned)
+    def count_active(self, owner: str | None = None, client: str | None = None) -> int:
+        """Queued and running jobs (of one executor ``owner``, of one ``client``)."""
+        where = [video_jobs.c.status.in_(ACTIVE)]
+        where += [] if owner is None else [video_jobs.c.owner == owner]
+        where += [] if client is None else [video_jobs.c.client == client]
+        return self._read(Tx.count, video_jobs, *where)
 
     def frames(self, job_id: str, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         """Per-frame results in frame order, ``offset`` rows skipped, at most ``limit``."""

@@ -50,6 +50,10 @@ def run(
         source = args.camera if args.camera is not None else args.video
         if args.camera is None and not Path(args.video).is_file():
             raise FaceRecError(f"video file not found: {args.video}")
+        if args.camera is None:  # an image, a PDF, a damaged file: said now, before the models load
+            from .videoio import probe
+
+            probe(args.video)
         which, analyzer = load_attributes(args.attributes)
         rec, gallery, cleanup = open_for_script(args)
         try:

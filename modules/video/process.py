@@ -120,20 +120,22 @@ def process_video(
     source: str | int | Path, out_dir: str | Path, recognizer: Any, gallery: str = "default",
     config: VideoConfig | None = None, *, progress: ProgressFn | None = None, hooks: Iterable[Hooks] = (),
     stop: threading.Event | None = None, show: bool = False, max_frames: int | None = None, attributes: Any = None,
-    analyzer: Any = None, detector: Any = None,
+    analyzer: Any = None, detector: Any = None, max_pixels: int | None = None, max_total_pixels: int | None = None,
 ) -> dict[str, Any]:
     """Run the processor on a file (path) or a camera (int); returns the summary (also ``summary.json``).
 
     ``hooks`` see the results too (after the files are written).  ``stop`` ends the
     run cleanly (what was written is kept, ``stopped`` is true); so does Ctrl-C
     (``KeyboardInterrupt``) and ``q`` in the ``show`` window.  ``max_frames`` fails
-    the run with :class:`ImageTooLargeError` once more frames than that have been read.
+    the run with :class:`ImageTooLargeError` once more frames than that have been read, ``max_pixels`` at a
+    frame larger than that, ``max_total_pixels`` once the decoded frames add up to more pixels than that.
+    A file that is no video is a :class:`~modules.errors.NotAVideoError`.
     """
     config = config or VideoConfig()
     window = "facerec" if show else None
     out = Path(out_dir)
     stop = stop or threading.Event()
-    cap, info = open_capture(source)
+    cap, info = open_capture(source, max_pixels=max_pixels, pixel_budget=max_total_pixels)
     if window is not None:
         try:
             _open_window(window)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -17,6 +18,7 @@ import numpy as np
 from ..errors import ImageTooLargeError
 from .annotate import draw_faces
 from .config import VideoConfig
+from .decode import VideoFile
 from .identity import TrackIdentity
 from .videoio import FrameReader, RateMeter, VideoWriter, open_capture
 from .processor import FrameResult, Hooks, VideoProcessor
@@ -85,7 +87,7 @@ def analyze_range(
     source: str | Path, start: int, end: int | None, overlap: int, recognizer: Any, gallery: str,
     config: VideoConfig, *, crops_dir: str | Path | None = None, progress: Callable[[int, float], None] | None = None,
     on_frame: Callable[[FrameResult], None] | None = None, stop: threading.Event | None = None,
-    max_frames: int | None = None,
+    max_frames: int | None = None, max_pixels: int | None = None, max_total_pixels: int | None = None,
 ) -> dict[str, Any]:
     """Analyse frames ``[start, end)`` (``end`` None: to the end) after ``overlap`` warm-up frames.
 
@@ -93,10 +95,14 @@ def analyze_range(
     (``overlap``: what ranges are joined on, :mod:`modules.jobs.chunks`).  Returns a JSON-able result: the range's
     frames (``frames.jsonl`` shape), the track pieces with their identity evidence (a few embeddings), quality and
     crop file, and counters.  ``progress(done, fps)`` after every frame of the range; ``stop`` ends early.
+    Limits: ``max_frames`` (frame index), ``max_pixels`` per frame, and this range's share of the whole video's
+    ``max_total_pixels`` (:func:`pixel_share`).
     """
     stop = stop or threading.Event()
     warm = max(0, start - max(0, overlap))
-    cap, info = open_capture(source)
+    cap, info = open_capture(source, max_pixels=max_pixels)
+    if max_total_pixels is not None and isinstance(cap, VideoFile):
+        cap.pixel_budget = pixel_share(max_total_pixels, warm, end, info.frames)
     hooks = _RangeHooks(start, config, Path(crops_dir) if crops_dir is not None else None, on_frame)
     proc = VideoProcessor(recognizer, gallery, config, fps=info.fps, live=False, hooks=[hooks])
     meter = RateMeter()
@@ -125,6 +131,15 @@ def analyze_range(
         "stage_seconds": {k: round(v, 3) for k, v in proc.times.items()}, "stopped": stopped,
         "video": info.to_dict(), **proc.judge.facts(),
     }
+
+
+def pixel_share(total: int, first: int, end: int | None, frames: int | None) -> int:
+    """The pixels that reading frames ``[first, end)`` may decode, of ``total`` for all ``frames`` of the video:
+    in proportion (the ranges of a job add up to ``total``, plus their warm-ups); the whole of it when the
+    video's length is unknown.  An honest video (``frames`` x its size within ``total``) never reaches it."""
+    if not frames or frames <= 0:
+        return total
+    return math.ceil(total * (max(0, (end if end is not None else frames) - first) / frames))
 
 
 def render_range(
@@ -197,13 +212,15 @@ def _concat_pyav(paths: list[str | Path], out_path: Path) -> None:
 
 
 def _concat_opencv(paths: list[str | Path], out_path: Path) -> None:
+    """Decode and encode again with OpenCV alone (our own segments: no limits to check)."""
     writer = None
     try:
         for p in paths:
-            cap, info = open_capture(p)
+            cap = cv2.VideoCapture(str(p))
             try:
                 if writer is None:  # the path without PyAV, so OpenCV's own MPEG-4 encoder
-                    writer = VideoWriter(out_path, info.fps, (info.width, info.height), "mp4v")
+                    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+                    writer = VideoWriter(out_path, cap.get(cv2.CAP_PROP_FPS) or 25.0, size, "mp4v")
                 while (frame := cap.read()[1]) is not None:
                     writer.write(frame)
             finally:

@@ -1,4 +1,5 @@
-"""Video input and output: files and cameras in with OpenCV, annotated MP4 out.
+"""Video input and output: files in with PyAV (checked frame by frame, :mod:`.decode`), cameras with OpenCV,
+annotated MP4 out.
 
 H.264 (PyAV's libx264, ``yuv420p``, ``+faststart``) plays inline in every browser; other FOURCCs are written by
 OpenCV.  Decoding and encoding run on threads (OpenCV and PyAV release the GIL), overlapping with detection.
@@ -6,7 +7,6 @@ OpenCV.  Decoding and encoding run on threads (OpenCV and PyAV release the GIL),
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 import time
@@ -19,10 +19,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import BadImageError, InvalidRequestError
+from ..errors import BadImageError, FaceRecError, ImageTooLargeError, InvalidRequestError
+from .decode import DEFAULT_FPS, VideoFile, plausible_fps
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts"}
-DEFAULT_FPS = 30.0
 _END = object()
 #: codecs written with PyAV's libx264 rather than OpenCV
 H264_CODECS = {"h264", "avc1", "x264"}
@@ -47,50 +47,77 @@ class VideoInfo:
 
 
 def _fps(cap: cv2.VideoCapture) -> float:
-    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-    return fps if math.isfinite(fps) and 1.0 <= fps <= 240.0 else DEFAULT_FPS
+    return plausible_fps(float(cap.get(cv2.CAP_PROP_FPS) or 0.0))
 
 
-def open_capture(source: str | int | Path) -> tuple[cv2.VideoCapture, VideoInfo]:
-    """Open a video file or a camera index; :class:`BadImageError` when nothing can be decoded.
+class Camera:
+    """A camera through OpenCV, read like :class:`~modules.video.decode.VideoFile` (``read()``, ``seek()``,
+    ``release()``); a frame over ``max_pixels`` is an :class:`ImageTooLargeError`."""
 
-    A source that does not report its size is measured on its first frame (a file is then rewound)."""
-    live = isinstance(source, int)
-    if not live:
-        p = Path(source)
-        if not p.is_file():
-            raise InvalidRequestError(f"video file not found: {p}")
-        cap = cv2.VideoCapture(str(p))
-    else:
-        cap = cv2.VideoCapture(source)
-    if not cap.isOpened():
-        cap.release()
-        what = f"camera {source}" if live else f"{source}"
-        raise BadImageError(f"cannot open {what} as a video")
-    w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
-    h = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
-    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-    if w <= 0 or h <= 0:
-        ok, first = cap.read()
-        if not ok:
-            cap.release()
-            raise BadImageError(f"cannot read a frame from {source}")
-        h, w = first.shape[:2]
-        if not live:
-            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-    return cap, VideoInfo(width=w, height=h, fps=_fps(cap), frames=n if (n > 0 and not live) else None, live=live)
+    def __init__(self, index: int, *, max_pixels: int | None = None):
+        self._cap = cv2.VideoCapture(index)
+        self.max_pixels = max_pixels
+        if not self._cap.isOpened():
+            self._cap.release()
+            raise BadImageError(f"cannot open camera {index} as a video")
+        self.width = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+        self.height = int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        self._pending: np.ndarray | None = None
+        if self.width <= 0 or self.height <= 0:  # measured on its first frame
+            self._pending = self.read()
+            if self._pending is None:
+                self._cap.release()
+                raise BadImageError(f"cannot read a frame from camera {index}")
+            self.height, self.width = self._pending.shape[:2]
+        self.fps = _fps(self._cap)
 
-
-def probe(path: str | Path) -> VideoInfo:
-    """Size, frame rate and frame count of a video file, reading one frame to prove it decodes."""
-    cap, info = open_capture(path)
-    try:
-        ok, frame = cap.read()
+    def read(self) -> np.ndarray | None:
+        if self._pending is not None:
+            frame, self._pending = self._pending, None
+            return frame
+        ok, frame = self._cap.read()
         if not ok or frame is None:
-            raise BadImageError("the file is not a decodable video")
-        return info
-    finally:
-        cap.release()
+            return None
+        if self.max_pixels is not None and frame.shape[0] * frame.shape[1] > self.max_pixels:
+            raise ImageTooLargeError(f"the camera's frames are {frame.shape[1]}x{frame.shape[0]}, larger than the"
+                                     f" limit of {self.max_pixels} pixels per frame")
+        return frame
+
+    def seek(self, index: int) -> None:
+        """A camera is live: there is nothing to seek."""
+
+    def release(self) -> None:
+        self._cap.release()
+
+
+Capture = VideoFile | Camera
+
+
+def open_capture(source: str | int | Path, *, max_pixels: int | None = None,
+                 pixel_budget: int | None = None) -> tuple[Capture, VideoInfo]:
+    """Open a video file (PyAV: real video containers only, see :mod:`.decode`) or a camera index (OpenCV).
+
+    :class:`InvalidRequestError` for a missing file, :class:`NotAVideoError` for a file that is no video,
+    :class:`BadImageError` when nothing decodes, :class:`ImageTooLargeError` when the first frame is over
+    ``max_pixels``.  Every frame read is checked against ``max_pixels``; a file stops with
+    :class:`ImageTooLargeError` once its frames add up to more than ``pixel_budget`` pixels.
+    """
+    if isinstance(source, int):
+        cam = Camera(source, max_pixels=max_pixels)
+        return cam, VideoInfo(width=cam.width, height=cam.height, fps=cam.fps, frames=None, live=True)
+    p = Path(source)
+    if not p.is_file():
+        raise InvalidRequestError(f"video file not found: {p}")
+    video = VideoFile(p, max_pixels=max_pixels, pixel_budget=pixel_budget)
+    return video, VideoInfo(width=video.width, height=video.height, fps=video.fps, frames=video.frames, live=False)
+
+
+def probe(path: str | Path, *, max_pixels: int | None = None) -> VideoInfo:
+    """Size, frame rate and frame count of a video file, decoding its first frame to prove that it decodes
+    (errors: :func:`open_capture`'s)."""
+    cap, info = open_capture(path, max_pixels=max_pixels)
+    cap.release()
+    return info
 
 
 class FrameReader:
@@ -100,10 +127,10 @@ class FrameReader:
     ``close()`` stops the thread and releases the capture; iteration also stops when ``stop`` is set.
     """
 
-    def __init__(self, cap: cv2.VideoCapture, prefetch: int = 8, stop: threading.Event | None = None, *,
+    def __init__(self, cap: Capture, prefetch: int = 8, stop: threading.Event | None = None, *,
                  start: int = 0, end: int | None = None, size: tuple[int, int] | None = None):
         if start > 0:
-            cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+            cap.seek(start)
         self._cap, self._start, self._end, self._size = cap, start, end, size
         self._q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
         self._stop = stop or threading.Event()
@@ -125,15 +152,15 @@ class FrameReader:
         index = self._start
         try:
             while not self._closed.is_set() and not self._stop.is_set() and (self._end is None or index < self._end):
-                ok, frame = self._cap.read()
-                if not ok or frame is None:
+                frame = self._cap.read()
+                if frame is None:
                     break
                 if self._size is not None and (frame.shape[1], frame.shape[0]) != self._size:
                     frame = cv2.resize(frame, self._size, interpolation=cv2.INTER_AREA)
                 if not self._put(frame):
                     return
                 index += 1
-        except BaseException as exc:  # pragma: no cover - OpenCV errors are rare
+        except BaseException as exc:  # noqa: BLE001 - a limit, a damaged frame: raised by the iterating thread
             self._error = exc
         self._put(_END)
 
@@ -149,6 +176,8 @@ class FrameReader:
                     return
                 continue
             if item is _END:
+                if isinstance(self._error, FaceRecError):
+                    raise self._error
                 if self._error is not None:
                     raise BadImageError(f"decoding the video failed: {self._error}")
                 return
