@@ -21,6 +21,7 @@ from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import APIBlueprint, Info, OpenAPI
 
 from ..errors import ConfigError
+from ..files import loose_permissions, private_dir
 from ..recognizer import FaceRecognizer
 from ..storage import open_gallery
 from .auth import check_request
@@ -101,9 +102,11 @@ def create_app(
     app.config.update(config)
 
     try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)  # 0700: faces and embeddings are biometric data
     except OSError as exc:
         raise ConfigError(f"cannot create the data directory {settings.data_dir}: {exc}") from exc
+    if mode := loose_permissions(settings.data_dir):
+        log.warning("the data directory %s is %s: others may read it (chmod 700 it)", settings.data_dir, mode)
     gallery = open_gallery(settings.gallery_location) if gallery is None else gallery
     limits = {"max_image_bytes": settings.max_upload_bytes, "max_image_pixels": settings.max_pixels}
     if recognizer is None:
