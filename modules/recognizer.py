@@ -15,10 +15,10 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from .matching import Matcher, Verification
 
 ImageInput = np.ndarray | bytes | str | Path
 FacePolicy = Literal["largest", "center", "error"]
+R = TypeVar("R")
 
 
 @dataclass
@@ -138,6 +139,9 @@ class FaceRecognizer:
         self.gallery = gallery
         limits = {"max_bytes": max_image_bytes, "max_pixels": max_image_pixels}
         self._limits = {k: v for k, v in limits.items() if v}  # decode_image's defaults for the others
+        #: called as ``listener(operation, result)`` after each :meth:`recognize` (``"recognize"``, or
+        #: ``"detect"`` without a gallery) and :meth:`verify` (``"verify"``): the service's metrics
+        self.listeners: list[Callable[[str, Any], None]] = []
 
     @classmethod
     def from_config(cls, config: str | Path | None = None, gallery: Any = None, **kw: Any) -> FaceRecognizer:
@@ -217,7 +221,8 @@ class FaceRecognizer:
         fa, fb = self.embed_image(img_a, policy), self.embed_image(img_b, policy)
         v = self.matcher.verify(fa.embedding, fb.embedding)
         timer.lap("verify")
-        return VerifyResult(v.similarity, v.same, v.threshold, face_a=fa, face_b=fb, timings_ms=timer.total())
+        return self._done("verify", VerifyResult(v.similarity, v.same, v.threshold, face_a=fa, face_b=fb,
+                                                 timings_ms=timer.total()))
 
     # --- 1:N --------------------------------------------------------------------------------
     def _require_gallery(self) -> Any:
@@ -286,14 +291,19 @@ class FaceRecognizer:
         if which and faces:
             (analyzer or self.attribute_analyzer).analyze(img, faces, which)
             timer.lap("attributes")
-        return RecognitionResult(
+        return self._done("detect" if gallery is None else "recognize", RecognitionResult(
             faces=[RecognizedFace(f, i) for f, i in zip(faces, idents, strict=True)],
             width=int(img.shape[1]),
             height=int(img.shape[0]),
             timings_ms=timer.total(),
             gallery=gallery,
             model=self.model_id if gallery is not None else None,
-        )
+        ))
+
+    def _done(self, operation: str, result: R) -> R:
+        for listener in self.listeners:
+            listener(operation, result)
+        return result
 
     #: the name the README's Python API uses
     identify = recognize

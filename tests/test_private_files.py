@@ -47,11 +47,17 @@ def not_private(root: Path) -> dict[str, str]:
     return found
 
 
-def run_script(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_scripts(*commands: list[str], timeout: float = 180) -> list[subprocess.CompletedProcess]:
+    """Run the commands (``python`` argument lists) at the same time; their results, in order."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("FACEREC_DATA_DIR", None)
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=env, check=False)
+    procs = [subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for args in commands]
+    results = []
+    for args, p in zip(commands, procs, strict=True):
+        out, err = p.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(args, p.returncode, out, err))
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -200,14 +206,15 @@ def test_batch_scripts_write_private_results(short_clips, people_dir, images, tm
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "obama2.jpg").symlink_to(images / "obama2.jpg")
     img_out, frame_out = tmp_path / "img" / "out", tmp_path / "frame" / "out"
-    r = run_script("test_img.py", str(tmp_path / "in"), "--gallery-dir", str(people_dir), "--output", str(img_out),
-                   "--no-progress")
-    assert r.returncode == 0, r.stderr[-2000:]
+    img, frame = run_scripts(
+        ["test_img.py", str(tmp_path / "in"), "--gallery-dir", str(people_dir), "--output", str(img_out),
+         "--no-progress"],
+        ["test_frame.py", str(short_clips[1]), "--gallery-dir", str(people_dir), "--output", str(frame_out),
+         "--no-progress"])
+    assert img.returncode == 0, img.stderr[-2000:]
+    assert frame.returncode == 0, frame.stderr[-2000:]
     assert (img_out / "barack_obama").is_dir() and {p.name for p in img_out.iterdir()} >= {"results.json",
                                                                                                "results.csv"}
-    r = run_script("test_frame.py", str(short_clips[1]), "--gallery-dir", str(people_dir), "--output",
-                   str(frame_out), "--no-progress")
-    assert r.returncode == 0, r.stderr[-2000:]
     assert {"frames.jsonl", "tracks.json", "annotated.mp4", "summary.json", "lin_manuel_miranda"} <= {
         p.name for p in frame_out.iterdir()}
     assert not_private(tmp_path / "img") == {} and not_private(tmp_path / "frame") == {}

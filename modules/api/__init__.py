@@ -24,6 +24,7 @@ from ..errors import ConfigError
 from ..files import loose_permissions, private_dir
 from ..recognizer import FaceRecognizer
 from ..storage import open_gallery
+from . import observability
 from .auth import check_request
 from .common import SECURITY_SCHEMES
 from .errors import register_error_handlers, validation_error_response
@@ -119,6 +120,7 @@ def create_app(
     app.extensions[EXTENSION] = FaceRecService(settings, rec, gallery, keys)
 
     register_error_handlers(app)
+    observability.install(app, settings, rec)  # access log, /metrics
     app.before_request(check_request)
 
     from . import analysis, galleries, health, recognition, videos

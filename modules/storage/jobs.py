@@ -190,6 +190,10 @@ class Tx:
     def count(self, table: Table, *where: Any) -> int:
         return int(self.conn.scalar(select(func.count()).select_from(table).where(*where)))
 
+    def count_by_status(self) -> dict[str, int]:
+        rows = self.conn.execute(select(video_jobs.c.status, func.count()).group_by(video_jobs.c.status))
+        return {str(status): int(n) for status, n in rows}
+
 
 @functools.cache
 def _empty() -> Engine:
@@ -262,6 +266,10 @@ class JobStore:
 
     def active(self) -> list[dict[str, Any]]:
         return self._read(Tx.jobs, True)
+
+    def count_by_status(self) -> dict[str, int]:
+        """``{status: jobs}`` over every job in the store (the metrics' queue depth)."""
+        return self._read(Tx.count_by_status)
 
     def count_active(self, owner: str | None = None) -> int:
         owned = [] if owner is None else [video_jobs.c.owner == owner]
