@@ -870,6 +870,16 @@ def test_reembed_judges_a_new_model_by_the_floor_when_the_old_ones_are_mixed(sto
     assert checks["faces_checked"] == 3 and checks["nearest_same_person"] is None
 
 
+def test_reembed_checks_whole_people_up_to_the_cap(store, recognizer, lfw_faces, monkeypatch):
+    from modules.storage import maintenance
+
+    monkeypatch.setattr(maintenance, "CHECK_FACES", 5)
+    store.add_faces_many("main", lfw_faces)
+    counts = store.reembed("main", recognizer.embedder)
+    assert counts["reembedded"] == 20 and counts["checks"]["faces_checked"] == 4  # two people of two faces
+    assert counts["checks"]["nearest_same_person"] == 1.0
+
+
 # --- the ANN index (large galleries) -------------------------------------------------------------
 ANN_THRESHOLD = 100
 

@@ -130,28 +130,24 @@ class Maintenance:
     def _check_sample(self, conn: Connection, gids: list[int]) -> _Sample:
         """The faces with a crop the new model is checked on: whole people, drawn at random (seeded) up to
         :data:`CHECK_FACES`; with their old embeddings when one model made them all."""
-        rows = conn.execute(select(faces.c.id, faces.c.gallery_id, faces.c.person_id, faces.c.embedder, faces.c.dim)
-                            .where(faces.c.gallery_id.in_(gids), faces.c.crop_png.isnot(None))
-                            .order_by(faces.c.person_id, faces.c.id)).all()
-        by_person: dict[int, list[Any]] = {}
-        for r in rows:
-            by_person.setdefault(int(r.person_id), []).append(r)
-        chosen: list[Any] = []
-        for pid in np.random.default_rng(0).permutation(sorted(by_person)):
-            if len(chosen) + len(by_person[pid]) > CHECK_FACES:
-                continue
-            chosen += by_person[pid]
-        chosen.sort(key=lambda r: r.id)
-        ids = [int(r.id) for r in chosen]
-        old = None
-        if ids and len({(r.embedder, r.dim) for r in chosen}) == 1:
-            emb: dict[int, np.ndarray] = {}
-            for i in range(0, len(ids), 500):
-                emb.update((int(f), e) for f, e in conn.execute(
-                    select(faces.c.id, faces.c.embedding).where(faces.c.id.in_(ids[i : i + 500]))))
-            old = np.stack([emb[f] for f in ids])
-        return _Sample(ids, np.array([int(r.gallery_id) for r in chosen]), np.array([int(r.person_id) for r in chosen]),
-                       old)
+        with_crop = (faces.c.gallery_id.in_(gids), faces.c.crop_png.isnot(None))
+        sizes = dict(conn.execute(select(faces.c.person_id, func.count()).where(*with_crop)
+                                  .group_by(faces.c.person_id)).all())
+        chosen, n = [], 0
+        for pid in np.random.default_rng(0).permutation(sorted(sizes)).tolist():
+            if n + sizes[pid] <= CHECK_FACES:
+                chosen.append(pid)
+                n += sizes[pid]
+        rows: list[Any] = []
+        for i in range(0, len(chosen), 500):
+            rows += conn.execute(select(faces.c.id, faces.c.gallery_id, faces.c.person_id, faces.c.embedder,
+                                        faces.c.dim, faces.c.embedding)
+                                 .where(*with_crop, faces.c.person_id.in_(chosen[i : i + 500]))).all()
+        rows.sort(key=lambda r: r.id)
+        one_model = len({(r.embedder, r.dim) for r in rows}) == 1
+        return _Sample([int(r.id) for r in rows], np.array([int(r.gallery_id) for r in rows], dtype=np.int64),
+                       np.array([int(r.person_id) for r in rows], dtype=np.int64),
+                       np.stack([r.embedding for r in rows]) if one_model else None)
 
     def stats(self, gallery: str | None = None) -> dict[str, Any]:
         gallery = None if gallery is None else validate_name(gallery, "gallery name")
