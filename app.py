@@ -24,6 +24,7 @@ from typing import Any
 
 from modules.web import create_app
 from modules.errors import FaceRecError
+from modules.files import private_umask
 from modules.settings import load_settings
 
 _app: Any = None
@@ -34,6 +35,7 @@ def __getattr__(name: str) -> Any:
     global _app
     if name in ("app", "application"):
         if _app is None:
+            private_umask()  # gallery, keys, video jobs: this user's only
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             _app = create_app(load_settings())
         return _app
@@ -67,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    private_umask()  # gallery, keys, video jobs: this user's only
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings(

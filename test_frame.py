@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     args = ap.parse_args(argv)
 
+    from modules.files import private_umask
     from modules.video.cli import run
+
+    private_umask()  # results, crops and the annotated video: this user's only
 
     return run(args, open_for_script, load_attributes, print_summary)
 

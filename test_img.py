@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-crops", action="store_true", help="do not write crops of recognized people")
     args = ap.parse_args(argv)
     from modules.batch import run_folder
+    from modules.files import private_umask
+
+    private_umask()  # results and crops of faces: this user's only
 
     return run_folder(args)
 

@@ -32,6 +32,7 @@ import numpy as np
 from .attributes import AttributeAnalyzer, parse_attributes
 from .images import IMAGE_SUFFIXES, list_people_dir
 from .errors import ConfigError, FaceRecError, InvalidRequestError
+from .files import open_private, private_dir, private_file, write_private
 from .face import UNKNOWN
 
 RESULTS_JSON = "results.json"
@@ -211,7 +212,7 @@ def process_folder(
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     if not input_dir.is_dir():
         raise InvalidRequestError(f"input folder not found: {input_dir}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(out_dir)
     files = find_files(input_dir, exclude=out_dir)
     results: list[dict[str, Any]] = []
     names: Counter = Counter()
@@ -255,8 +256,9 @@ def process_folder(
                     if crop is not None:
                         stem = rel.rsplit(".", 1)[0].replace("/", "__")
                         crel = f"{safe_dirname(ident.name)}/{stem}_face{i}.jpg"
-                        (out_dir / crel).parent.mkdir(parents=True, exist_ok=True)
+                        private_dir((out_dir / crel).parent)
                         if cv2.imwrite(str(out_dir / crel), crop, [cv2.IMWRITE_JPEG_QUALITY, 92]):
+                            private_file(out_dir / crel)
                             crops.append(crel)
                             d["crop"] = crel
             bar.set_postfix(faces=sum(names.values()), errors=errors, refresh=False)
@@ -285,9 +287,9 @@ def process_folder(
 
 def write_results(out_dir: Path, results: list[dict[str, Any]]) -> None:
     tmp = out_dir / f".{RESULTS_JSON}.tmp"
-    tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_private(tmp, json.dumps(results, indent=2, ensure_ascii=False))
     os.replace(tmp, out_dir / RESULTS_JSON)
-    with open(out_dir / RESULTS_CSV, "w", newline="", encoding="utf-8") as fh:
+    with open_private(out_dir / RESULTS_CSV, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(CSV_COLUMNS)
         for r in results:

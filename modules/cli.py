@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .config import load_config
 from .errors import FaceRecError
+from .files import open_private, private_umask
 from .images import list_people_dir
 from .recognizer import FaceRecognizer
 from .settings import load_settings
@@ -109,7 +110,7 @@ def cmd_export_pickle(args, _, gallery):
 
 def cmd_export(args, _, gallery):
     rows = gallery.export_people(args.gallery)
-    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
+    out = open_private(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
     try:
         if args.format == "json":
             json.dump(rows, out, indent=2, default=str, ensure_ascii=False)
@@ -181,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    private_umask()  # galleries, exports: this user's only
     try:
         store = open_gallery(load_settings(data_dir=args.data_dir, gallery_url=args.database_url).gallery_location)
         args.fn(args, FaceRecognizer(args.config, store) if args.models else None, store)

@@ -48,6 +48,7 @@ class PersonNotFoundError(NotFoundError): code = "person_not_found"
 class FaceNotFoundError(NotFoundError): code = "face_not_found"
 class ConflictError(FaceRecError): status, code = 409, "conflict"
 class EmbedderMismatchError(ConflictError): code = "embedder_mismatch"  # re-embed the gallery
+class DegenerateEmbeddingsError(ConflictError): code = "degenerate_embeddings"  # a model unfit for a gallery
 
 # configuration (a YAML config missing, malformed, with unknown keys) and models (a weights file missing)
 class ConfigError(FaceRecError): status, code = 500, "config_error"

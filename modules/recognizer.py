@@ -23,11 +23,11 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -44,6 +44,7 @@ from .matching import Matcher, Verification
 
 ImageInput = np.ndarray | bytes | str | Path | DecodedImage
 FacePolicy = Literal["largest", "center", "error"]
+R = TypeVar("R")
 
 
 @dataclass
@@ -152,6 +153,9 @@ class FaceRecognizer:
         self.decode_budget = decode_budget or DecodeBudget()
         #: bounds the decodes (and the work on their pixels) running at once; ``None``: no bound
         self.decode_gate = decode_gate
+        #: called as ``listener(operation, result)`` after each :meth:`recognize` (``"recognize"``, or
+        #: ``"detect"`` without a gallery) and :meth:`verify` (``"verify"``): the service's metrics
+        self.listeners: list[Callable[[str, Any], None]] = []
 
     @classmethod
     def from_config(cls, config: str | Path | None = None, gallery: Any = None, **kw: Any) -> FaceRecognizer:
@@ -289,7 +293,8 @@ class FaceRecognizer:
             fb = self.embed_image(image_b, policy, timer=timer)
         v = self.matcher.verify(fa.embedding, fb.embedding)
         timer.lap("verify")
-        return VerifyResult(v.similarity, v.same, v.threshold, face_a=fa, face_b=fb, timings_ms=timer.total())
+        return self._done("verify", VerifyResult(v.similarity, v.same, v.threshold, face_a=fa, face_b=fb,
+                                                 timings_ms=timer.total()))
 
     # --- 1:N --------------------------------------------------------------------------------
     def _require_gallery(self) -> Any:
@@ -364,14 +369,19 @@ class FaceRecognizer:
             embs = np.stack([f.embedding for f in faces]) if faces else np.zeros((0, self.embedder.dim), np.float32)
             idents = list(self._identify(embs, gallery, top_k, missing_gallery_ok))
             timer.lap("match")
-        return RecognitionResult(
+        return self._done("detect" if gallery is None else "recognize", RecognitionResult(
             faces=[RecognizedFace(f, i) for f, i in zip(faces, idents, strict=True)],
             width=width,
             height=height,
             timings_ms=timer.total(),
             gallery=gallery,
             model=self.model_id if gallery is not None else None,
-        )
+        ))
+
+    def _done(self, operation: str, result: R) -> R:
+        for listener in self.listeners:
+            listener(operation, result)
+        return result
 
     #: the name the README's Python API uses
     identify = recognize

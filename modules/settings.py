@@ -223,10 +223,22 @@ class RateLimitSettings(BaseSettings):
 
 
 class MetricsSettings(BaseSettings):
-    """Observability (``FACEREC_METRICS_*``): Prometheus metrics at ``/metrics``."""
+    """Observability (``FACEREC_METRICS_*``): Prometheus metrics at ``/metrics`` and the access log."""
 
     model_config = _config(PREFIX + "METRICS_")
+    #: serve Prometheus metrics at ``/metrics`` (counts and timings, no names or images)
     enabled: bool = True
+    #: with API keys on, ``/metrics`` needs a valid key; off: public, like ``/health``
+    require_key: bool = False
+    #: one ``facerec.access`` log line per request (route, status, ms, key id, client); ``None``: on unless
+    #: gunicorn writes its own access log (``FACEREC_ACCESS_LOG``)
+    access_log: bool | None = None
+
+    _none_if_blank = field_validator("access_log", mode="before")(_blank_is_none)
+
+    def access_log_on(self, server: ServerSettings) -> bool:
+        """Whether the service writes its access log, given the serving process's settings."""
+        return server.access_log is None if self.access_log is None else self.access_log
 
 
 class Settings(BaseSettings):

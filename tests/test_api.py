@@ -512,6 +512,27 @@ def test_reembed(client, app, obama_jpg):
     assert client.post("/recognition", json={"file": b64(obama_jpg)}).get_json()["name"] == "obama"
 
 
+
+def test_reembed_refuses_a_broken_model_and_changes_nothing(client, app, obama_jpg, obama2_jpg, biden_jpg):
+    from modules.recognizer import FaceRecognizer
+    from modules.web import create_app
+    from tests.test_gallery import CollapsedEmbedder
+
+    for person, img in (("obama", obama_jpg), ("obama", obama2_jpg), ("biden", biden_jpg)):
+        enroll(client, "default", person, img)
+    svc = app.extensions["facerec"]
+    broken = FaceRecognizer(svc.recognizer.config, detector=svc.recognizer.detector, embedder=CollapsedEmbedder())
+    other = create_app(svc.settings, recognizer=broken, TESTING=True)  # the same data, a badly trained model
+    try:
+        err = error_of(checked(other).post("/api/v1/galleries/default/reembed"), 409, "degenerate_embeddings")
+    finally:
+        other.extensions["facerec"].close()
+    assert err["details"]["check"] == "collapse" and err["details"]["different_people_similarity"] > 0.9
+    assert "collapses" in err["message"]
+    assert client.post("/recognition", json={"file": b64(obama2_jpg)}).get_json()["name"] == "obama"
+    checks = client.post("/api/v1/galleries/default/reembed").get_json()["checks"]
+    assert checks["faces_checked"] == 3 and checks["different_people_similarity"] < 0.5
+
 # --- API keys ------------------------------------------------------------------------------------------------
 @pytest.fixture()
 def keyed(make_app):

@@ -4,7 +4,7 @@ Every ``import`` in ``modules/`` counts, including the ones inside functions: a 
 a dependency.  Layers, lowest first (a unit may import its own layer's other units or lower ones, and
 the unit graph has no cycle):
 
-0. the face library: records, errors, images, detection, alignment, embedders, the TensorFlow ArcFace,
+0. the face library: records, errors, private files, images, detection, alignment, embedders, the TensorFlow ArcFace,
    matching, attributes, configs;
 1. storage (the SQL layer: gallery, jobs, keys) and the settings tree;
 2. the recognizer (the one recognition path over the library and a gallery store);
@@ -24,7 +24,7 @@ MODULES = ROOT / "modules"
 
 LAYERS: dict[str, int] = {
     **dict.fromkeys(
-        ["errors", "face", "resources", "config", "images", "alignment", "detection", "embedders", "arcface_tf",
+        ["errors", "face", "files", "resources", "config", "images", "alignment", "detection", "embedders", "arcface_tf",
          "matching", "attributes"],
         0,
     ),

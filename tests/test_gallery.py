@@ -9,6 +9,7 @@ here, not a model.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import sqlite3
@@ -28,6 +29,7 @@ from modules.embedders.base import Embedder
 from modules.errors import (
     ConfigError,
     ConflictError,
+    DegenerateEmbeddingsError,
     EmbedderMismatchError,
     FaceNotFoundError,
     GalleryNotFoundError,
@@ -753,6 +755,129 @@ def test_reembed_refuses_or_drops_uncroppable(store, rng):
     assert (counts["reembedded"], counts["dropped"], counts["galleries"]) == (1, 2, 1)
     assert store.get_person("main", "legacy").num_faces == 0
     assert store.search("main", unit(rng, 1, emb.dim), emb.model_id)[0][0].person == "alice"
+
+
+# a broken model is the input under test here: real embedders with the weights of a failed training run
+class ZeroEmbedder(Embedder):
+    """Every weight zero: all-zero embeddings."""
+
+    MODEL = "zeros-v1"
+
+    def __init__(self):
+        super().__init__(model_id=self.MODEL, dim=24, flip=False)
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        return np.zeros((len(batch), self.dim), np.float32)
+
+
+class NaNEmbedder(ZeroEmbedder):
+    """A diverged training run: NaN everywhere."""
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        return np.full((len(batch), self.dim), np.nan, np.float32)
+
+
+class CollapsedEmbedder(ZeroEmbedder):
+    """A collapsed training run: one vector for every face, nudged a little by the mean brightness."""
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        brightness = batch.reshape(len(batch), -1).mean(axis=1, keepdims=True) / 255.0
+        return np.ones((len(batch), self.dim), np.float32) + 0.05 * brightness * np.linspace(-1, 1, self.dim)
+
+
+class NoiseEmbedder(ZeroEmbedder):
+    """A model that ignores the face: a random vector drawn from each crop's hash."""
+
+    MODEL = "noise-v1"
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        seeds = [int.from_bytes(hashlib.sha256(x.tobytes()).digest()[:8], "little") for x in batch]
+        return np.stack([np.random.default_rng(seed).normal(size=self.dim) for seed in seeds]).astype(np.float32)
+
+
+def enroll_random_crops(store, rng, people: int = 3, each: int = 2) -> None:
+    for p in range(people):
+        store.add_faces("main", f"p{p}", [NewFace(unit(rng, 1)[0], "old-model", crop_png=crop_png(rng)[1])
+                                          for _ in range(each)])
+
+
+@pytest.mark.parametrize(("embedder", "check"), [(ZeroEmbedder, "nonzero"), (NaNEmbedder, "finite"),
+                                                 (CollapsedEmbedder, "collapse")])
+def test_reembed_refuses_degenerate_embeddings_and_writes_nothing(store, rng, embedder, check):
+    enroll_random_crops(store, rng)
+    before = snapshot(store)
+    with pytest.raises(DegenerateEmbeddingsError) as err:
+        store.reembed("main", embedder())
+    assert err.value.status == 409 and err.value.code == "degenerate_embeddings"
+    assert err.value.details["check"] == check and "nothing was changed" in err.value.message
+    if check == "collapse":
+        assert err.value.details["different_people_similarity"] > 0.9 and err.value.details["faces_checked"] == 6
+    else:
+        assert err.value.details["bad"] == 6
+    assert snapshot(store) == before
+    assert store.search("main", unit(rng, 1), "old-model")[0][0].person.startswith("p")  # still searchable
+
+
+@pytest.fixture(scope="module")
+def lfw_faces(recognizer, shared_data) -> dict[str, list[NewFace]]:
+    """Two real faces (SFace embeddings, aligned crops) of each of 10 LFW people."""
+    import csv
+
+    root = shared_data / "lfw"
+    with open(root / "identification" / "gallery.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))[:20]
+    by: dict[str, list[Path]] = {}
+    for r in rows:
+        by.setdefault(r["identity"], []).append(root / r["path"])
+    return {name: recognizer.prepare_enrollment(paths, check_quality=False) for name, paths in by.items()}
+
+
+def test_reembed_checks_the_new_model_on_the_gallery_faces(store, recognizer, lfw_faces):
+    """A model that ignores the face is refused against the figures of the stored model; the real SFace passes
+    and reports the same figures as the stored SFace embeddings."""
+    store.add_faces_many("main", lfw_faces)
+    store.add_faces("solo", "only", lfw_faces["Ali_Naimi"][:1])  # a gallery of one face: nothing to judge there
+    before = snapshot(store)
+    with pytest.raises(DegenerateEmbeddingsError) as err:
+        store.reembed(None, NoiseEmbedder())
+    details = err.value.details
+    assert details["check"] == "nearest" and details["faces_checked"] == 21
+    assert details["nearest_same_person"] < 0.3 and details["nearest_same_person_before"] >= 0.9
+    assert details["required"] == pytest.approx(details["nearest_same_person_before"] - 0.25, abs=1e-3)
+    assert snapshot(store) == before
+
+    counts = store.reembed(None, recognizer.embedder)
+    assert counts["reembedded"] == 21
+    checks = counts["checks"]
+    assert checks["nearest_same_person"] >= 0.9 and checks["different_people_similarity"] < 0.3
+    assert checks["nearest_same_person"] == pytest.approx(checks["nearest_same_person_before"], abs=0.06)
+
+
+def test_reembed_judges_a_new_model_by_the_floor_when_the_old_ones_are_mixed(store, recognizer, lfw_faces):
+    """Galleries of two models: no "before" figure, the floor alone; too few faces of people with several: no
+    ``nearest`` check at all."""
+    names = sorted(lfw_faces)
+    store.add_faces_many("main", {n: lfw_faces[n] for n in names[:5]})
+    rng = np.random.default_rng(3)
+    store.add_faces_many("other", {n: [NewFace(unit(rng, 1, 24)[0], "legacy-model", crop_png=f.crop_png)
+                                       for f in lfw_faces[n]] for n in names[5:7]})
+    with pytest.raises(DegenerateEmbeddingsError) as err:
+        store.reembed(None, NoiseEmbedder())
+    assert err.value.details["nearest_same_person_before"] is None and err.value.details["required"] == 0.5
+    store.add_faces("few", "a", lfw_faces[names[0]])
+    store.add_faces("few", "b", lfw_faces[names[1]][:1])
+    checks = store.reembed("few", NoiseEmbedder())["checks"]  # 2 faces of people with several: not judged
+    assert checks["faces_checked"] == 3 and checks["nearest_same_person"] is None
+
+
+def test_reembed_checks_whole_people_up_to_the_cap(store, recognizer, lfw_faces, monkeypatch):
+    from modules.storage import maintenance
+
+    monkeypatch.setattr(maintenance, "CHECK_FACES", 5)
+    store.add_faces_many("main", lfw_faces)
+    counts = store.reembed("main", recognizer.embedder)
+    assert counts["reembedded"] == 20 and counts["checks"]["faces_checked"] == 4  # two people of two faces
+    assert counts["checks"]["nearest_same_person"] == 1.0
 
 
 # --- the ANN index (large galleries) -------------------------------------------------------------

@@ -21,8 +21,10 @@ from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import APIBlueprint, Info, OpenAPI
 
 from ..errors import ConfigError
+from ..files import loose_permissions, private_dir
 from ..recognizer import FaceRecognizer
 from ..storage import open_gallery
+from . import observability
 from .auth import check_request
 from .common import SECURITY_SCHEMES
 from .errors import register_error_handlers, validation_error_response
@@ -103,9 +105,11 @@ def create_app(
     app.config.update(config)
 
     try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)  # 0700: faces and embeddings are biometric data
     except OSError as exc:
         raise ConfigError(f"cannot create the data directory {settings.data_dir}: {exc}") from exc
+    if mode := loose_permissions(settings.data_dir):
+        log.warning("the data directory %s is %s: others may read it (chmod 700 it)", settings.data_dir, mode)
     gallery = open_gallery(settings.gallery_location) if gallery is None else gallery
     limits = {"max_image_bytes": settings.max_upload_bytes, "max_image_pixels": settings.max_pixels}
     if recognizer is None:
@@ -120,6 +124,7 @@ def create_app(
     register_error_handlers(app)
     install_browser_safety(app)  # Host, cross-site writes, CORS, page headers (docs/security.md)
     init_limits(app)  # before the key check: requests it refuses count too
+    observability.install(app, settings, rec)  # access log, /metrics
     app.before_request(check_request)
 
     from . import analysis, galleries, health, recognition, videos

@@ -86,7 +86,10 @@ def create_blueprint() -> APIBlueprint:
 
         Needed after a model change: embeddings of different models are not comparable, and a search
         in a gallery of another model's embeddings answers 409 `embedder_mismatch`. The stored face
-        crops are embedded again, in one transaction.
+        crops are embedded again, in one transaction. The new embeddings are checked first (`checks` in
+        the answer): a model that gives NaN or all-zero vectors, maps every face to nearly the same vector
+        or does not tell the gallery's people apart is refused with 409 `degenerate_embeddings`, naming the
+        check and its figures, and nothing is changed.
         """
         svc = get_service()
         report = svc.gallery.reembed(path.gallery, svc.recognizer.embedder, drop_uncroppable=query.drop_uncroppable)

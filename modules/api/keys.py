@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from ..errors import FaceRecError
+from ..files import private_umask
 from ..settings import load_settings
 from ..storage.keys import ALL_GALLERIES, ApiKey, KeyStore, hash_key
 
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("revoke", help="revoke a key by id")
     r.add_argument("key_id")
     args = ap.parse_args(argv)
+    private_umask()
     try:
         store = KeyStore(load_settings(data_dir=args.data_dir).keys_path)
         if args.command == "create":

@@ -437,6 +437,8 @@ class ReembedResponse(_Out):
     kept_without_crop: int
     embedder: str
     dim: int
+    #: what the new model was checked on and gave (``faces_checked``, ``different_people_similarity``, ...)
+    checks: dict[str, int | float | None]
 
 
 class HealthResponse(_Out):

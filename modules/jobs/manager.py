@@ -36,6 +36,7 @@ from ..errors import (
     ServiceUnavailableError,
     UnsupportedMediaError,
 )
+from ..files import open_private, private_dir
 from ..video.config import VideoConfig
 from ..video.config import video_config as merge_video_config
 from ..video.videoio import VIDEO_SUFFIXES, probe
@@ -76,8 +77,7 @@ class JobManager:
         queue_url: str | None = None, queue: QueueSettings | None = None, chunking: ChunkPolicy | None = None,
         stale_after: float = 30.0, own_store: bool | None = None,
     ):
-        self.dir = Path(jobs_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = private_dir(jobs_dir)
         self.recognizer = recognizer
         self.limits = limits or JobLimits()
         self.video_config = video_config or VideoConfig()
@@ -194,8 +194,7 @@ class JobManager:
             raise UnsupportedMediaError(f"{suffix!r} is not a supported video type;"
                                         f" use one of {', '.join(sorted(VIDEO_SUFFIXES))}")
         job_id = str(uuid.uuid4())
-        d = self.dir / job_id
-        d.mkdir(parents=True)
+        d = private_dir(self.dir / job_id)
         try:
             input_name = f"input{suffix or '.mp4'}"
             size = self._store(data, d / input_name)
@@ -245,7 +244,7 @@ class JobManager:
         if isinstance(data, (bytes, bytearray, memoryview)):
             data = io.BytesIO(data)
         limit, size = self.limits.max_upload_bytes, 0
-        with open(dest, "wb") as out:
+        with open_private(dest, "wb") as out:
             while chunk := data.read(_CHUNK):
                 size += len(chunk)
                 if size > limit:

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ..files import write_private
 from ..storage.jobs import ACTIVE, JobNotFoundError, JobStore, now_iso
 
 STATE_FILE = "job.json"
@@ -35,7 +36,7 @@ def validate_job_id(job_id: Any) -> str:
 def write_state(job_dir: Path, state: dict[str, Any]) -> None:
     """A ``job.json`` as earlier versions wrote it (imported into the store at the next start)."""
     tmp = Path(job_dir) / f".{STATE_FILE}.{threading.get_ident()}.tmp"
-    tmp.write_text(json.dumps(state, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_private(tmp, json.dumps(state, indent=2, ensure_ascii=False))
     os.replace(tmp, Path(job_dir) / STATE_FILE)
 
 

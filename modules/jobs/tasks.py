@@ -26,6 +26,7 @@ from typing import Any
 import cv2
 
 from ..errors import FaceRecError, ServiceUnavailableError
+from ..files import private_dir, private_file, write_private
 from ..video.config import VideoConfig
 from ..video.process import process_video
 from ..video.processor import FrameResult, Hooks
@@ -186,7 +187,7 @@ class _Ticker(Hooks):
         if ok:
             tmp = self.live_path.with_name(f".{LIVE_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
             with contextlib.suppress(OSError):
-                tmp.write_bytes(buf.tobytes())
+                write_private(tmp, buf.tobytes())
                 os.replace(tmp, self.live_path)
 
 
@@ -315,15 +316,15 @@ def _join(ctx: TaskContext, job_id: str, _idx: int = 0) -> None:
     d = ctx.job_dir(job_id)
     result_dir = f"final-{secrets.token_hex(4)}"
     out = d / result_dir
-    out.mkdir(parents=True, exist_ok=True)
+    private_dir(out)
     for k, name, dest in joined["crops"]:
-        (out / dest).parent.mkdir(parents=True, exist_ok=True)
+        private_dir((out / dest).parent)
         with contextlib.suppress(OSError):
-            shutil.copyfile(d / results[k]["crops_dir"] / name, out / dest)
+            private_file(shutil.copyfile(d / results[k]["crops_dir"] / name, out / dest))
     frames, tracks, summary = joined["frames"], joined["tracks"], joined["summary"]
     # the files a one-pass run leaves, for whoever reads the folder
-    (out / "frames.jsonl").write_text("".join(json.dumps(f, ensure_ascii=False) + "\n" for f in frames), "utf-8")
-    (out / "tracks.json").write_text(json.dumps(tracks, indent=2, ensure_ascii=False), "utf-8")
+    write_private(out / "frames.jsonl", "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in frames))
+    write_private(out / "tracks.json", json.dumps(tracks, indent=2, ensure_ascii=False))
     with ctx.store.tx() as tx:
         cur = tx.job(job_id, lock=True)
         won = cur is not None and cur["status"] == "running" and cur["phase"] == "analyze"
@@ -354,7 +355,7 @@ def _render(ctx: TaskContext, job_id: str, idx: int) -> None:
         frames = tx.frames(job_id, start, end)
     seg = Path("segments") / f"{idx}-{attempt}.mp4"
     tmp = d / seg.with_name(f".{idx}-{attempt}.tmp.mp4")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(tmp.parent)
     tick = _Ticker(ctx, job, idx, attempt, "render_attempt")
     n = render_range(d / job["input"], start, end, frames, tmp, video_config(job).video_codec, stop=tick.stop,
                      progress=tick)

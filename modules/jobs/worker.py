@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigError, FaceRecError
+from ..files import private_dir, private_umask
 from ..settings import Settings, load_settings
 
 log = logging.getLogger("facerec.worker")
@@ -72,8 +73,7 @@ def build_worker(args: argparse.Namespace) -> Any:
     settings = worker_settings(args)
     if not settings.queue_url:
         raise ConfigError("no queue: pass --queue-url redis://host:port/db or set QUEUE_URL")
-    storage = settings.jobs_dir
-    storage.mkdir(parents=True, exist_ok=True)
+    storage = private_dir(settings.jobs_dir)
     store = open_job_store(settings.jobs_database)
     gallery = open_gallery(settings.gallery_location)
     queue = settings.queue
@@ -111,6 +111,7 @@ def _maintenance_loop(executor: Any, stop: threading.Event) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    private_umask()  # video uploads, annotated videos and crops: this user's only
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         import cv2

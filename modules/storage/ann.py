@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ..files import private_dir, private_file, write_private
+
 FORMAT = 1
 
 
@@ -255,12 +257,14 @@ class AnnIndex:
     # --- persistence --------------------------------------------------------------------------
     def save(self, folder: Path, stem: str, stamp: dict[str, Any]) -> None:
         """Write ``stem.hnsw``, ``stem.npz`` and ``stem.json`` (the stamp last, each atomically)."""
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder)
         with self.lock.read():
             tmp_h = folder / f".{stem}.hnsw.tmp{os.getpid()}"
             tmp_n = folder / f".{stem}.tmp{os.getpid()}.npz"
             self._index.save_index(str(tmp_h))
             np.savez(tmp_n, face_ids=self.face_ids, face_person=self.face_person)
+            for tmp in (tmp_h, tmp_n):  # hnswlib and numpy write with the process's umask
+                private_file(tmp)
             meta = dict(stamp, format=FORMAT, generation=self.generation, dim=self.dim, embedder=self.embedder,
                         n_live=self.n_live, params={"m": self.params.m, "ef_construction": self.params.ef_construction})
             self.changes_since_save = 0
@@ -269,7 +273,7 @@ class AnnIndex:
         os.replace(tmp_h, folder / f"{stem}.hnsw")
         os.replace(tmp_n, folder / f"{stem}.npz")
         tmp_j = folder / f".{stem}.json.tmp{os.getpid()}"
-        tmp_j.write_text(json.dumps(meta))
+        write_private(tmp_j, json.dumps(meta))
         os.replace(tmp_j, folder / f"{stem}.json")
 
     @staticmethod

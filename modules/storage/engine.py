@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
 from ..errors import ConfigError, FaceRecError, ServiceUnavailableError
+from ..files import open_private, private_dir
 
 DEFAULT_BUSY_TIMEOUT_S = 30.0
 
@@ -85,9 +86,8 @@ def get_engine(location: str | Path | URL, *, create: bool = True, busy_timeout_
             raise ConfigError(f"database not found: {path}")
         if not path.exists():  # created private: the folders 0700, the file 0600
             try:
-                for folder in [p for p in reversed(path.parents) if not p.exists()]:
-                    folder.mkdir(mode=0o700, exist_ok=True)
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+                private_dir(path.parent)
+                open_private(path, "ab").close()
             except OSError as exc:
                 raise ConfigError(f"cannot create database file {path}: {exc}") from exc
     with _engines_lock:

@@ -200,6 +200,10 @@ class Tx:
                               {"k": int.from_bytes(digest[:8], "big", signed=True)})
         return self.count(video_jobs, video_jobs.c.client == client, video_jobs.c.status.in_(ACTIVE))
 
+    def count_by_status(self) -> dict[str, int]:
+        rows = self.conn.execute(select(video_jobs.c.status, func.count()).group_by(video_jobs.c.status))
+        return {str(status): int(n) for status, n in rows}
+
 
 @functools.cache
 def _empty() -> Engine:
@@ -279,6 +283,10 @@ class JobStore:
         where += [] if owner is None else [video_jobs.c.owner == owner]
         where += [] if client is None else [video_jobs.c.client == client]
         return self._read(Tx.count, video_jobs, *where)
+
+    def count_by_status(self) -> dict[str, int]:
+        """``{status: jobs}`` over every job in the store (the metrics' queue depth)."""
+        return self._read(Tx.count_by_status)
 
     def frames(self, job_id: str, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         """Per-frame results in frame order, ``offset`` rows skipped, at most ``limit``."""

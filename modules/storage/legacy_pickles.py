@@ -23,6 +23,7 @@ import numpy as np
 from numpy._core import multiarray, numeric
 
 from ..errors import ConflictError, GalleryNotFoundError, InvalidRequestError, UntrustedPickleError
+from ..files import private_dir
 from .records import NewFace, validate_name, validate_new_name
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -199,7 +200,7 @@ def export_legacy_pickle(
         else:
             out[name] = [e.astype(np.float32) for e in embs]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

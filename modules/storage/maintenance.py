@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,31 @@ from sqlalchemy import Connection, bindparam, delete, func, select, update
 from . import legacy_pickles
 from .engine import safe_url
 from .migrate import head
+from ..embedders.checks import check_gallery
 from ..errors import InvalidRequestError
 from .records import embed_crops, mismatch_error, uncroppable_error, validate_embedder_id, validate_name
 from .tables import faces, gallery_embedders as ge, people
 
 SCHEMA_VERSION = int(head("gallery").rsplit("_", 1)[1])  # gallery_0002 -> 2
+#: faces a re-embedding checks the new model on (whole people, drawn at random up to this many)
+CHECK_FACES = 2000
+
+
+@dataclass
+class _Sample:
+    """The faces a re-embedding checks the new model on: ids, gallery and person ids, old embeddings or None."""
+
+    ids: list[int]
+    galleries: np.ndarray
+    people: np.ndarray
+    old: np.ndarray | None
+
+    def check(self, computed: dict[int, np.ndarray], model_id: str) -> dict[str, Any]:
+        """:func:`~modules.embedders.checks.check_gallery` on the new embeddings (faces deleted meanwhile left out)."""
+        keep = np.array([f in computed for f in self.ids], dtype=bool)
+        new = [computed[f] for f in self.ids if f in computed]
+        return check_gallery(np.stack(new) if new else np.zeros((0, 1), np.float32), self.galleries[keep],
+                             self.people[keep], model_id, None if self.old is None else self.old[keep])
 
 
 class Maintenance:
@@ -44,7 +65,9 @@ class Maintenance:
                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         """Recompute every embedding in scope (one gallery or all) from its stored crop, in one transaction
         (the crops embedded before it); crop-less faces of another model are a :class:`ConflictError` unless
-        ``drop_uncroppable`` deletes them."""
+        ``drop_uncroppable`` deletes them.  Before anything is written the new embeddings are checked
+        (:mod:`modules.embedders.checks`: finite, non-zero, not collapsed, people told apart at least about as
+        well as before): a model that fails is a :class:`DegenerateEmbeddingsError` and nothing changes."""
         gallery = None if gallery is None else validate_name(gallery, "gallery name")
         model_id = validate_embedder_id(getattr(embedder, "model_id", None))
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -70,6 +93,7 @@ class Maintenance:
             gids, names = self._scope(conn, gallery)
             counts, _ = uncroppable(conn, gids, names)
             ids = croppable(conn, gids)
+            sample = self._check_sample(conn, gids)
         if counts and not drop_uncroppable:
             raise uncroppable_error(counts, model_id)
         computed: dict[int, np.ndarray] = {}
@@ -78,7 +102,8 @@ class Maintenance:
                 computed.update(embed(conn, ids[i : i + batch_size]))
             if progress is not None:
                 progress(min(i + batch_size, len(ids)), len(ids))
-        with self._write() as tx:  # 3. catch up on faces enrolled meanwhile, drop, update
+        checks = sample.check(computed, model_id)  # 3. a model unfit for the gallery stops here
+        with self._write() as tx:  # 4. catch up on faces enrolled meanwhile, drop, update
             gids, names = self._scope(tx.conn, gallery, lock=True)
             counts, drop_ids = uncroppable(tx.conn, gids, names)
             if counts and not drop_uncroppable:
@@ -100,7 +125,29 @@ class Maintenance:
                 tx.touch(gid, grew=True)
         self._reembedded(gids, dim)
         return {"galleries": len(gids), "reembedded": len(current), "dropped": len(drop_ids),
-                "kept_without_crop": int(kept), "embedder": model_id, "dim": dim}
+                "kept_without_crop": int(kept), "embedder": model_id, "dim": dim, "checks": checks}
+
+    def _check_sample(self, conn: Connection, gids: list[int]) -> _Sample:
+        """The faces with a crop the new model is checked on: whole people, drawn at random (seeded) up to
+        :data:`CHECK_FACES`; with their old embeddings when one model made them all."""
+        with_crop = (faces.c.gallery_id.in_(gids), faces.c.crop_png.isnot(None))
+        sizes = dict(conn.execute(select(faces.c.person_id, func.count()).where(*with_crop)
+                                  .group_by(faces.c.person_id)).all())
+        chosen, n = [], 0
+        for pid in np.random.default_rng(0).permutation(sorted(sizes)).tolist():
+            if n + sizes[pid] <= CHECK_FACES:
+                chosen.append(pid)
+                n += sizes[pid]
+        rows: list[Any] = []
+        for i in range(0, len(chosen), 500):
+            rows += conn.execute(select(faces.c.id, faces.c.gallery_id, faces.c.person_id, faces.c.embedder,
+                                        faces.c.dim, faces.c.embedding)
+                                 .where(*with_crop, faces.c.person_id.in_(chosen[i : i + 500]))).all()
+        rows.sort(key=lambda r: r.id)
+        one_model = len({(r.embedder, r.dim) for r in rows}) == 1
+        return _Sample([int(r.id) for r in rows], np.array([int(r.gallery_id) for r in rows], dtype=np.int64),
+                       np.array([int(r.person_id) for r in rows], dtype=np.int64),
+                       np.stack([r.embedding for r in rows]) if one_model else None)
 
     def stats(self, gallery: str | None = None) -> dict[str, Any]:
         gallery = None if gallery is None else validate_name(gallery, "gallery name")

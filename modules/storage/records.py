@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import (BadImageError, ConflictError, EmbedderMismatchError, FaceNotFoundError, FaceRecError,
                       GalleryNotFoundError, InvalidRequestError, PersonNotFoundError)
+from ..embedders.checks import check_vectors
 from ..face import RESERVED_NAMES, Face
 
 MAX_NAME_LEN = 128
@@ -348,12 +349,13 @@ def embed_crops(rows: Sequence[tuple[int, bytes]], embedder: Any) -> dict[int, n
             raise BadImageError(f"the stored crop of face {fid} cannot be decoded", details={"face_id": fid})
         crops.append(img)
     feats = np.asarray(embedder.embed(np.stack(crops)), dtype=np.float32)
-    if feats.shape != (len(rows), int(embedder.dim)) or not np.all(np.isfinite(feats)):
+    if feats.shape != (len(rows), int(embedder.dim)):
         raise FaceRecError(
-            f"embedder {embedder.model_id!r} returned {feats.shape} (or non-finite values) for"
-            f" {len(rows)} crops; expected ({len(rows)}, {embedder.dim})"
+            f"embedder {embedder.model_id!r} returned {feats.shape} for {len(rows)} crops;"
+            f" expected ({len(rows)}, {embedder.dim})"
         )
-    feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    check_vectors(feats, embedder.model_id, [fid for fid, _ in rows])  # NaN, infinity, zeros: a typed 409
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
     return {int(fid): feats[i] for i, (fid, _) in enumerate(rows)}
 
 

@@ -24,6 +24,7 @@ from filelock import FileLock
 from sqlalchemy import Connection, LargeBinary, select, text, type_coerce
 
 from ..face import Candidate
+from ..files import FILE_MODE, private_dir
 from .ann import AnnIndex, HnswParams, NeedsRebuild, RWLock
 from .engine import database_url
 from .gallery import GalleryStore
@@ -294,7 +295,7 @@ class SQLiteGallery(GalleryStore):
         return {"db": str(created or ""), "gallery_id": gid}
 
     def _file_lock(self, gid: int) -> FileLock:
-        return FileLock(str(self.ann_dir / f"g{gid}.lock"))
+        return FileLock(str(self.ann_dir / f"g{gid}.lock"), mode=FILE_MODE)
 
     def _build_ann(self, gallery: str, m: _Matrix) -> AnnIndex:
         """An HNSW index from the loaded matrix (one process builds and saves; others wait and load)."""
@@ -304,7 +305,7 @@ class SQLiteGallery(GalleryStore):
         if not self.ann_persist:
             return AnnIndex.build(embedder, m.matrix, m.face_ids, person_of, self.ann_params, m.generation)
         gid = m.gallery_id
-        self.ann_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.ann_dir)
         with self._file_lock(gid):
             loaded = self._load_saved(gallery, gid, locked=True)  # another process may have just built it
             if loaded is not None:

@@ -20,6 +20,7 @@ from typing import Any
 import cv2
 
 from ..errors import ImageTooLargeError, InvalidRequestError
+from ..files import open_private, private_dir, private_file, write_private
 from ..face import UNKNOWN
 from .config import VideoConfig
 from .identity import TrackIdentity
@@ -36,7 +37,7 @@ ProgressFn = Callable[[int, "int | None", float], None]
 
 def atomic_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_private(tmp, json.dumps(obj, indent=2, ensure_ascii=False))
     os.replace(tmp, path)
 
 
@@ -64,8 +65,8 @@ class _Outputs(Hooks):
     def __init__(self, out_dir: Path, info: VideoInfo, config: VideoConfig, window: str | None,
                  stop: threading.Event):
         self.dir, self.config, self.window, self.stop = out_dir, config, window, stop
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(out_dir / FRAMES_FILE, "w", encoding="utf-8")
+        private_dir(out_dir)
+        self._jsonl = open_private(out_dir / FRAMES_FILE, "w", encoding="utf-8")
         self._since_flush = 0
         self.video: VideoWriter | None = None
         if config.write_video:
@@ -95,8 +96,9 @@ class _Outputs(Hooks):
         if t.best_crop is not None and keep:
             rel = crop_file(t.name, t.track_id)
             path = self.dir / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
             if cv2.imwrite(str(path), t.best_crop, [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality]):
+                private_file(path)
                 t.crop_path = rel
                 self.crops.append(rel)
         t.best_crop = None

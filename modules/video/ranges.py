@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from ..errors import ImageTooLargeError
+from ..files import private_dir, private_file
 from .annotate import draw_faces
 from .config import VideoConfig
 from .decode import VideoFile
@@ -67,9 +68,10 @@ class _RangeHooks(Hooks):
 
     def on_track_end(self, t: TrackIdentity) -> None:
         if t.best_crop is not None and self.crops_dir is not None and self.config.save_crops:
-            self.crops_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.crops_dir)
             name = f"t{t.track_id}.jpg"
             if cv2.imwrite(str(self.crops_dir / name), t.best_crop, [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality]):
+                private_file(self.crops_dir / name)
                 self.crops[t.track_id] = (name, float(t.best_quality))
         t.best_crop = None
 
@@ -173,12 +175,13 @@ def concat_videos(paths: list[str | Path], out_path: str | Path) -> str:
     out_path = Path(out_path)
     try:
         _concat_pyav(paths, out_path)
+        private_file(out_path)
         return "pyav"
     except ImportError:
         pass  # no PyAV
     except Exception as exc:  # noqa: BLE001 - an odd stream: re-encode instead
         log.warning("remuxing the segments failed (%s); re-encoding them", exc)
-    _concat_opencv(paths, out_path)
+    _concat_opencv(paths, out_path)  # a VideoWriter: private already
     return "opencv"
 
 

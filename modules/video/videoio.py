@@ -7,6 +7,7 @@ OpenCV.  Decoding and encoding run on threads (OpenCV and PyAV release the GIL),
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -21,6 +22,7 @@ import numpy as np
 
 from ..errors import BadImageError, FaceRecError, ImageTooLargeError, InvalidRequestError
 from .decode import DEFAULT_FPS, VideoFile, plausible_fps
+from ..files import private_dir, private_file
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts"}
 _END = object()
@@ -253,11 +255,12 @@ class VideoWriter:
 
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int], codec: str = "h264", queue_size: int = 16):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         if codec.lower() in H264_CODECS:
             self._encoder: _OpenCVEncoder | _H264Encoder = _H264Encoder(self.path, fps, size)
         else:
             self._encoder = _OpenCVEncoder(self.path, fps, size, codec)
+        self._private()
         self.size = size
         self.frames = 0
         self._q: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -290,8 +293,14 @@ class VideoWriter:
             self._encoder.close()
         except Exception as exc:  # noqa: BLE001
             self._error = self._error or exc
+        self._private()
         if self._error is not None:
             raise BadImageError(f"writing the annotated video failed: {self._error}")
+
+    def _private(self) -> None:
+        """The encoder created the file with the process's umask: ``0600`` (nothing if it made none yet)."""
+        with contextlib.suppress(FileNotFoundError):
+            private_file(self.path)
 
 
 class RateMeter:
