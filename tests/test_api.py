@@ -180,10 +180,18 @@ def test_recognition_every_face_and_unknown(client, obama_jpg, two_people_jpg):
 
 def test_recognition_legacy_flag(client, obama_jpg, biden_jpg, no_face_jpg):
     enroll(client, "default", "obama", obama_jpg)
-    assert client.post("/recognition?legacy=1", json={"file": b64(obama_jpg)}).get_json() == {"name": "obama"}
-    assert client.post("/recognition", json={"file": b64(biden_jpg), "legacy": True}).get_json() == {"name": "unknown"}
-    r = client.post("/recognition", data=multipart_files(no_face_jpg, legacy="1"), content_type="multipart/form-data")
+    assert client.post("/recognition?legacy=name", json={"file": b64(obama_jpg)}).get_json() == {"name": "obama"}
+    r = client.post("/recognition", json={"file": b64(biden_jpg), "legacy": "name"})
+    assert r.get_json() == {"name": "unknown"}
+    r = client.post("/recognition", data=multipart_files(no_face_jpg, legacy="name"), content_type="multipart/form-data")
     assert r.get_json() == {"name": "no face"}
+    # legacy=1: the original's bare JSON string, "Unknown" capitalised as it was
+    assert client.post("/recognition?legacy=1", json={"file": b64(obama_jpg)}).data == b'"obama"\n'
+    assert client.post("/recognition", json={"file": b64(biden_jpg), "legacy": True}).get_json() == "Unknown"
+    r = client.post("/recognition", data=multipart_files(no_face_jpg, legacy="1"), content_type="multipart/form-data")
+    assert r.get_json() == "Unknown"
+    assert client.post("/recognition?legacy=0", json={"file": b64(obama_jpg)}).get_json()["name"] == "obama"
+    assert error_of(client.post("/recognition?legacy=maybe", json={"file": b64(obama_jpg)}), 400)
 
 
 def test_recognition_options(client, make_app, obama_jpg, biden_jpg, two_people_jpg, no_face_jpg):

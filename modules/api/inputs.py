@@ -49,9 +49,29 @@ def _safe_source(name: str | None, fallback: str) -> str:
     return name.replace("/", "_").replace("\\", "_") or fallback
 
 
+def _json_object_body() -> dict[str, Any] | None:
+    """The body as a JSON object naming an image field, whatever its content type (the original clients sent
+    ``json.dumps(...)`` as plain data); None when it is not one."""
+    head = request.get_data(cache=True)[:64].lstrip()
+    if not head.startswith(b"{"):
+        return None
+    try:
+        body = current_app.json.loads(request.get_data(cache=True))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) and any(k in body for k in IMAGE_FIELDS) else None
+
+
 def read_payload() -> Payload:
-    """The request's fields and files, whatever the content type (415 for unsupported ones)."""
+    """The request's fields and files, whatever the content type (415 for unsupported ones).
+
+    A JSON object with an image field is read as JSON whatever the content type says (none, ``text/plain``,
+    ``application/x-www-form-urlencoded``), as the original ``json.loads(request.data)`` server did.
+    """
     mimetype = request.mimetype or ""
+    sniff = mimetype != "multipart/form-data" and not request.is_json and not mimetype.startswith("image/")
+    if sniff and (body := _json_object_body()) is not None:
+        return Payload(body, {}, "json")
     if mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         fields = {k: request.form.get(k) for k in request.form}
         files: dict[str, list[Upload]] = {}

@@ -1,14 +1,16 @@
 """``POST /recognition``: the original endpoint, now returning every face.
 
 Accepts what the original clients send (JSON ``{"file": "<base64>"}``, also
-``image``), a multipart ``file`` part, or the raw image bytes.  ``gallery``
+``image``, whatever the content type it comes with), a multipart ``file`` part, or the raw image bytes.  ``gallery``
 (default ``default``), ``top_k``, ``max_faces``, ``attributes`` and ``legacy``
 may be given in the body or the query string.
 """
 from __future__ import annotations
 
+from flask import jsonify
 from flask_openapi3 import APIBlueprint
 
+from ..face import NO_FACE, UNKNOWN
 from . import operations
 from .auth import authorize_gallery
 from .common import IMAGE_ERRORS, NOT_FOUND, TAG_RECOGNITION, api_blueprint
@@ -17,6 +19,9 @@ from .schemas import (
     LegacyRecognitionResponse, RecognitionOptions, RecognitionReply, RecognitionResponse, dump, one_image_body,
 )
 from .service import get_service
+
+#: what the original server answered when nobody matched (or no face was found)
+ORIGINAL_UNKNOWN = "Unknown"
 
 
 def create_blueprint() -> APIBlueprint:
@@ -31,9 +36,10 @@ def create_blueprint() -> APIBlueprint:
         the best identity `name` (or `"unknown"`), its cosine `similarity` and the top-k `candidates`,
         plus per-stage `timings_ms`.
 
-        **Original clients**: the top-level `name` field holds the single name the original endpoint
-        returned (the largest face's name, `"unknown"`, or `"no face"`); with `legacy=1` (query or body)
-        the response is only `{"name": ...}`.
+        **Original clients**: a JSON body is read whatever its content type (the original read
+        `json.loads(request.data)`). With `legacy=1` (query or body) the answer is the original's: a bare
+        JSON string, the largest face's name or `"Unknown"`. The top-level `name` field holds that name
+        (`"unknown"` or `"no face"` when nobody matched); `legacy=name` answers only `{"name": ...}`.
         """
         svc = get_service()
         payload = read_payload()
@@ -43,6 +49,8 @@ def create_blueprint() -> APIBlueprint:
         upload = get_images(payload, IMAGE_FIELDS)[0]
         missing_ok = gallery == svc.settings.default_gallery  # the default gallery may have been deleted: empty
         result = operations.recognize(svc, upload, gallery, opts, missing_gallery_ok=missing_ok)
+        if opts.legacy == "string":  # the original's jsonify(name)
+            return jsonify(ORIGINAL_UNKNOWN if result.name in (UNKNOWN, NO_FACE) else result.name)
         return dump(LegacyRecognitionResponse if opts.legacy else RecognitionResponse, result)
 
     return bp

@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     RootModel,
     create_model,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -40,9 +41,21 @@ ATTRIBUTES_DOC = (
     " available when the attributes module is installed, otherwise a non-empty value is a 400"
 )
 LEGACY_DOC = (
-    "compatibility with the original `/recognition` clients: the response is only"
+    "compatibility with the original `/recognition` clients: `1` (or `true`, `string`) answers the original's"
+    ' bare JSON string, the largest face\'s name or `"Unknown"`; `name` answers'
     ' `{"name": <name of the largest face, "unknown" or "no face">}`'
 )
+LEGACY_TRUE, LEGACY_FALSE = ("1", "true", "yes", "on", "string"), ("0", "false", "no", "off", "")
+
+
+def _legacy_mode(value: Any) -> Any:
+    """``legacy`` as given (a bool, a form or query string) -> ``"string"``, ``"name"`` or None."""
+    text = str(value).strip().lower() if value is not None else ""
+    if value is True or text in LEGACY_TRUE:
+        return "string"
+    if value is False or value is None or text in LEGACY_FALSE:
+        return None
+    return "name" if text in ("name", "object") else value
 
 
 @functools.cache
@@ -115,7 +128,9 @@ class IdentifyOptions(_ImageOptions):
 
 class RecognitionOptions(IdentifyOptions):
     gallery: str | None = Field(None, min_length=1, max_length=MAX_NAME_LEN, description="gallery (default `default`)")
-    legacy: bool = Field(False, description=LEGACY_DOC)
+    legacy: Literal["string", "name"] | None = Field(None, description=LEGACY_DOC)
+
+    _legacy = field_validator("legacy", mode="before")(_legacy_mode)
 
 
 class DetectOptions(_ImageOptions):
@@ -330,8 +345,9 @@ class LegacyRecognitionResponse(_Out):
     name: str
 
 
-class RecognitionReply(RootModel[RecognitionResponse | LegacyRecognitionResponse]):
-    """Every face (`RecognitionResponse`), or only the `name` with `legacy=1`."""
+class RecognitionReply(RootModel[RecognitionResponse | LegacyRecognitionResponse | str]):
+    """Every face (`RecognitionResponse`); with `legacy=1` the original's bare name string (`"Unknown"` when
+    nobody matched); with `legacy=name` only `{"name": ...}`."""
 
 
 class DetectResponse(_ImageResult):
