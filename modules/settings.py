@@ -75,6 +75,9 @@ class VideoLimits(BaseSettings):
     max_queued: NonNegativeInt = 8  # in-process: waiting jobs per process
     max_kept: PositiveInt = 200  # finished jobs kept; the oldest beyond are deleted
     max_active: PositiveInt = 10_000  # with a task queue: queued + running jobs in all
+    #: longest video the synchronous original-client route ``POST /my_point`` processes (longer ones: 413,
+    #: use ``/api/v1/videos``)
+    my_point_max_seconds: float = Field(60.0, gt=0, allow_inf_nan=False)
 
 
 class ChunkSettings(BaseSettings):

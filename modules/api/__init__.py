@@ -127,9 +127,9 @@ def create_app(
     observability.install(app, settings, rec)  # access log, /metrics
     app.before_request(check_request)
 
-    from . import analysis, galleries, health, recognition, videos
+    from . import analysis, galleries, health, legacy_clients, recognition, videos
 
-    blueprints = [m.create_blueprint() for m in (health, recognition, analysis, galleries, videos)]
+    blueprints = [m.create_blueprint() for m in (health, recognition, analysis, galleries, videos, legacy_clients)]
     for bp in [*blueprints, *extra_blueprints]:
         app.register_api(bp)
     health.register_docs(app)
