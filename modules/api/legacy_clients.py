@@ -26,7 +26,12 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import ValidationError
 
 from ..errors import (
-    BadImageError, FaceRecError, ImageTooLargeError, InvalidRequestError, MultipleFacesError, NoFaceError,
+    BadImageError,
+    FaceRecError,
+    ImageTooLargeError,
+    InvalidRequestError,
+    MultipleFacesError,
+    NoFaceError,
     ServiceUnavailableError,
 )
 from ..face import UNKNOWN
@@ -38,7 +43,12 @@ from .common import IMAGE_ERRORS, api_blueprint
 from .errors import format_validation_error
 from .inputs import Upload, decode_base64
 from .legacy_schemas import (
-    MyPointRequest, MyPointResponse, OriginalAdded, OriginalFound, OriginalFoundMany, OriginalMessage,
+    MyPointRequest,
+    MyPointResponse,
+    OriginalAdded,
+    OriginalFound,
+    OriginalFoundMany,
+    OriginalMessage,
 )
 from .limits import client_id
 from .schemas import RecognitionOptions
