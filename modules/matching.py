@@ -44,3 +44,14 @@ class Matcher:
             return Identification(name=cands[0].person, similarity=cands[0].similarity, candidates=cands, threshold=thr)
         best = cands[0].similarity if cands else 0.0
         return Identification(name=UNKNOWN, similarity=best, candidates=cands, threshold=thr)
+
+
+def confidence(similarity: float, threshold: float) -> float:
+    """A cosine similarity as a 0..1 confidence with the decision ``threshold`` at exactly 0.5.
+
+    Piecewise linear: similarities 0..threshold map to 0..0.5 and threshold..1 to 0.5..1 (negative ones to 0),
+    so "confidence >= 0.5" is the same decision as "similarity >= threshold".  It ranks, it is not a probability.
+    """
+    t = min(max(float(threshold), 1e-6), 1 - 1e-6)
+    s = min(max(float(similarity), 0.0), 1.0)
+    return 0.5 * s / t if s < t else 0.5 + 0.5 * (s - t) / (1 - t)

@@ -337,10 +337,11 @@ class FaceRecognizer:
         attributes: str | Iterable[str] | None = None,
         analyzer: AttributeAnalyzer | None = None,
         missing_gallery_ok: bool = False,
+        embed: bool = False,
     ) -> RecognitionResult:
         """Every face of the image (largest first), each with its identity or ``unknown`` and top-k candidates.
 
-        ``gallery=None`` only detects (no embedding, no identification).  ``attributes``
+        ``gallery=None`` only detects (no identification; no embedding unless ``embed``).  ``attributes``
         (e.g. ``"age,gender"``) are computed by ``analyzer`` (default: this recognizer's);
         an unknown name fails before any work.  ``missing_gallery_ok`` treats a gallery that
         does not exist as empty; otherwise it raises :class:`GalleryNotFoundError`, faces or not.
@@ -354,9 +355,10 @@ class FaceRecognizer:
         with self.admitted():
             if self.decode_gate is not None:
                 timer.lap("queue")
-            img, faces = self.find_faces(image, crops=gallery is not None or bool(which), timer=timer)
+            embed = embed or gallery is not None
+            img, faces = self.find_faces(image, crops=embed or bool(which), timer=timer)
             faces = faces[:max_faces]
-            if gallery is not None:
+            if embed:
                 self.embed_faces(img.pixels, faces, query=True, timer=timer)
             if which and faces:
                 (analyzer or self.attribute_analyzer).analyze(img.pixels, faces, which)

@@ -8,7 +8,7 @@ shared by every request through ``app.extensions["facerec"]``.  The OpenAPI
 document (``/openapi.json``) and the Swagger UI (``/docs``) are generated from
 the routes and pydantic models by flask-openapi3.
 
-Blueprints: ``health``, ``recognition``, ``analysis``, ``galleries`` and ``videos``; another area plugs in
+Blueprints: ``health``, ``recognition``, ``analysis``, ``galleries``, ``videos`` and ``azure_face``; another area plugs in
 with ``extra_blueprints=[...]`` or ``app.register_api(bp)`` before the first request.
 """
 from __future__ import annotations
@@ -127,9 +127,11 @@ def create_app(
     observability.install(app, settings, rec)  # access log, /metrics
     app.before_request(check_request)
 
-    from . import analysis, galleries, health, legacy_clients, recognition, videos
+    from . import analysis, azure_face, azure_support, galleries, health, legacy_clients, recognition, videos
 
-    blueprints = [m.create_blueprint() for m in (health, recognition, analysis, galleries, videos, legacy_clients)]
+    azure_support.install(app)  # Azure Face API v1.0 subset: faceId cache, Azure error codes (docs/azure.md)
+    modules = (health, recognition, analysis, galleries, videos, legacy_clients, azure_face)
+    blueprints = [m.create_blueprint() for m in modules]
     for bp in [*blueprints, *extra_blueprints]:
         app.register_api(bp)
     health.register_docs(app)

@@ -1,4 +1,4 @@
-"""Optional API keys (``X-API-Key``), each scoped to galleries; admin keys may also delete and re-embed.
+"""Optional API keys (``X-API-Key``, or Azure's ``Ocp-Apim-Subscription-Key``), each scoped to galleries; admin keys may also delete and re-embed.
 
 When keys are on, every endpoint but the public ones (health, readiness,
 ``/openapi.json``, the docs) needs a valid key: 401 when it is missing or
@@ -22,6 +22,8 @@ from .service import get_service
 F = TypeVar("F", bound=Callable[..., Any])
 
 HEADER = "X-API-Key"
+#: the key header of Azure's SDKs, accepted as well (``X-API-Key`` wins when both are sent)
+AZURE_HEADER = "Ocp-Apim-Subscription-Key"
 PUBLIC_BLUEPRINTS = {"openapi", "swagger"}  # flask-openapi3's docs blueprints
 
 
@@ -62,7 +64,7 @@ def authenticate() -> ApiKey | None:
     service = get_service()
     if service.keys is None:
         return None
-    presented = request.headers.get(HEADER)
+    presented = request.headers.get(HEADER) or request.headers.get(AZURE_HEADER)
     if not presented:
         raise UnauthorizedError(f"this endpoint needs an API key in the {HEADER} header")
     key = service.keys.verify(presented)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from ..errors import ConflictError, InvalidRequestError
+from ..matching import Verification
 from ..recognizer import RecognitionResult, StageTimer
 from ..storage import mismatch_error
 from .inputs import Upload
@@ -22,10 +24,9 @@ def recognize(
                                     max_faces=min(opts.max_faces or limit, limit), attributes=opts.attributes, **kw)
 
 
-def verify_person(svc: FaceRecService, upload: Upload, gallery: str, person: str, policy: str) -> PersonVerifyResponse:
-    """The upload's face against every enrolled face of ``person``: the best match decides."""
+def person_faces(svc: FaceRecService, gallery: str, person: str) -> list[Any]:
+    """The enrolled faces of ``person`` with their embeddings, of the recognizer's model (404, 409 otherwise)."""
     rec = svc.recognizer
-    timer = StageTimer()
     enrolled = rec.gallery.list_faces(gallery, person, with_embeddings=True)  # 404s first
     if not enrolled:
         raise ConflictError(
@@ -34,15 +35,28 @@ def verify_person(svc: FaceRecService, upload: Upload, gallery: str, person: str
     stored = Counter((f.embedder, f.dim) for f in enrolled)
     if set(stored) != {(rec.model_id, rec.embedder.dim)}:
         raise mismatch_error(gallery, stored, rec.model_id, rec.embedder.dim)
-    timer.lap("lookup")
-    face = rec.embed_image(upload.data, policy, timer=timer)  # type: ignore[arg-type]
-    checks = [rec.matcher.verify(face.embedding, f.embedding) for f in enrolled]
+    return enrolled
+
+
+def best_match(svc: FaceRecService, embedding: Any, enrolled: list[Any]) -> tuple[Verification, Any]:
+    """The 1:1 decision against the enrolled face most similar to ``embedding``, and that face."""
+    checks = [svc.recognizer.matcher.verify(embedding, f.embedding) for f in enrolled]
     best = max(range(len(checks)), key=lambda i: checks[i].similarity)
+    return checks[best], enrolled[best]
+
+
+def verify_person(svc: FaceRecService, upload: Upload, gallery: str, person: str, policy: str) -> PersonVerifyResponse:
+    """The upload's face against every enrolled face of ``person``: the best match decides."""
+    timer = StageTimer()
+    enrolled = person_faces(svc, gallery, person)
+    timer.lap("lookup")
+    face = svc.recognizer.embed_image(upload.data, policy, timer=timer)  # type: ignore[arg-type]
+    check, match = best_match(svc, face.embedding, enrolled)
     timer.lap("verify")
     timings = timer.total()
     return PersonVerifyResponse(
-        gallery=gallery, person=enrolled[0].person, similarity=checks[best].similarity, same_person=checks[best].same,
-        threshold=checks[best].threshold, face_id=enrolled[best].id, face=face, timings_ms=timings,
+        gallery=gallery, person=match.person, similarity=check.similarity, same_person=check.same,
+        threshold=check.threshold, face_id=match.id, face=face, timings_ms=timings,
     )
 
 
