@@ -83,10 +83,12 @@ def finished_job(url: str, clip: bytes, timeout: float = 120.0) -> str:
 
 # --- hostile clients --------------------------------------------------------------------------------------------
 class Viewers:
-    """``n`` MJPEG viewers of one job, each reading its stream until stopped; a 503 is retried after its
-    ``Retry-After``.  ``served``: streams that got 200; ``refused``: 503 answers (JSON envelope checked)."""
+    """``n`` MJPEG viewers of one job, each reading its stream until stopped; a 503 (or 429) is retried after
+    its ``Retry-After``.  ``served``: streams that got 200; ``refused``: 503/429 answers (JSON envelope
+    checked).  With ``own_addresses`` (loopback only) each viewer connects from its own address
+    (127.0.0.10, .11, ...), as distinct clients would."""
 
-    def __init__(self, url: str, job_id: str, n: int):
+    def __init__(self, url: str, job_id: str, n: int, own_addresses: bool = False):
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.path = f"/api/v1/videos/{job_id}/stream"
@@ -95,11 +97,15 @@ class Viewers:
         self.lock = threading.Lock()
         self.served = self.refused = self.frames = 0
         self.bad: list[str] = []
-        self.threads = [threading.Thread(target=self._view, daemon=True) for _ in range(n)]
+        self.threads = [
+            threading.Thread(target=self._view, args=((f"127.0.0.{10 + i}", 0) if own_addresses else None,),
+                             daemon=True)
+            for i in range(n)
+        ]
 
-    def _view(self) -> None:
+    def _view(self, source: tuple[str, int] | None) -> None:
         while not self.stop.is_set():
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=30, source_address=source)
             try:
                 conn.request("GET", self.path)
                 resp = conn.getresponse()
@@ -114,7 +120,7 @@ class Viewers:
                             self.frames += chunk.count(b"--frame")
                     continue
                 body = resp.read()
-                ok = (resp.status == 503 and resp.getheader("Retry-After")
+                ok = (resp.status in (429, 503) and resp.getheader("Retry-After")
                       and set(json.loads(body)) == {"error"})
                 with self.lock:
                     if ok:
@@ -277,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gunicorn-arg", action="append", default=[], help="extra gunicorn argument (repeat)")
     ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server (repeat)")
     ap.add_argument("--mjpeg", type=int, default=0, help="MJPEG viewers of a finished job")
+    ap.add_argument("--one-address", action="store_true",
+                    help="every viewer from 127.0.0.1 (default: each from its own loopback address)")
     ap.add_argument("--slow-headers", type=int, default=0, help="clients that never finish their request head")
     ap.add_argument("--duration", type=float, default=30.0, help="seconds of hostile clients (default 30)")
     ap.add_argument("--clip-seconds", type=int, default=120, help="length of the job's MJPEG stream")
@@ -289,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         host, port = urlsplit(url).hostname or "127.0.0.1", urlsplit(url).port or 80
         job_id = finished_job(url, make_clip(args.clip_seconds)) if args.mjpeg else None
         idle, idle_failed = health_latencies(url, 3.0, args.probe_timeout)
-        viewers = Viewers(url, job_id, args.mjpeg) if job_id else None
+        viewers = Viewers(url, job_id, args.mjpeg, own_addresses=not args.one_address) if job_id else None
         slow = SlowHeaders(host, port, args.slow_headers) if args.slow_headers else None
         if viewers:
             viewers.__enter__()

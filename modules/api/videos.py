@@ -183,17 +183,17 @@ def _sent_without_a_thread(resp: Response) -> bool:
 
 
 def _hold_slot(job_id: str, respond: Any) -> Response:
-    """``respond()``'s response with a stream slot held until the server closes its body (503 when none is free)."""
-    release = stream_slots().acquire(job_id, _client())
-    try:
-        resp = respond()
-    except BaseException:
-        release()
-        raise
+    """``respond()``'s response, with a stream slot held until the server closes its body if sending it holds a
+    thread (503 when none is free)."""
+    resp = respond()
     if _sent_without_a_thread(resp):
-        release()
-    else:
-        resp.response = ReleasingBody(resp.response, release)
+        return resp
+    try:
+        release = stream_slots().acquire(job_id, _client())
+    except BaseException:
+        resp.close()
+        raise
+    resp.response = ReleasingBody(resp.response, release)
     return resp
 
 
