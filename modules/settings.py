@@ -110,7 +110,8 @@ class ServerSettings(BaseSettings):
     threads: PositiveInt = 8
     #: gunicorn kills a worker whose main loop is stuck this long (seconds)
     timeout: PositiveInt = 120
-    #: OpenCV/onnxruntime threads per computation; 0 = 1 (each request already has its own thread)
+    #: OpenCV/onnxruntime threads per computation; 0 = the cores shared out among every request thread
+    #: of every process (at least 1)
     cv_threads: NonNegativeInt = 0
     #: gunicorn's access log (``-`` = stderr); none by default
     access_log: str | None = None
@@ -138,10 +139,6 @@ class ServerSettings(BaseSettings):
     @property
     def worker_count(self) -> int:
         return self.workers or max(1, os.cpu_count() or 1)
-
-    @property
-    def opencv_threads(self) -> int:
-        return self.cv_threads or 1
 
     @property
     def stream_limit(self) -> int:

@@ -1,6 +1,6 @@
 """Hostile clients against real servers, ``python app.py`` (waitress) and the shipped gunicorn setup.
 
-MJPEG viewers of a finished job (8 and 32) and 50 clients that never finish their request head must leave
+MJPEG viewers of a finished job (8 and 32) and 150 clients that never finish their request head must leave
 ``/health`` fast and ``/recognition`` served; long responses beyond the bound get 503 with ``Retry-After``
 in the JSON envelope.  Bodies over the limit are a JSON 413 on both servers; a base64 JSON image of nearly
 ``max_upload_bytes`` is admitted; under ``python app.py`` a video upload above waitress' former cap
@@ -119,15 +119,16 @@ def test_downloads_count_against_the_bound_while_they_hold_a_thread(served):
             conn.close()
 
 
-def test_slow_header_clients_leave_health_and_recognition_served(served, face_jpeg):
+@pytest.mark.parametrize("clients", [150])  # more than waitress' default connection limit (100)
+def test_slow_header_clients_leave_health_and_recognition_served(served, face_jpeg, clients):
     kind, url, _job = served
     parts = urlsplit(url)
-    with SlowHeaders(parts.hostname, parts.port, 50, interval=1.0) as slow:
+    with SlowHeaders(parts.hostname, parts.port, clients, interval=1.0) as slow:
         threading.Event().wait(1.0)
         _still_serving(url, face_jpeg, 9.0)
-    assert slow.connects >= 50
+    assert slow.connects >= clients
     if kind == "gunicorn":  # a head not complete within FACEREC_CLIENT_TIMEOUT_S is dropped (they reconnect)
-        assert slow.connects > 50
+        assert slow.connects > clients
 
 
 def _post(url: str, path: str, content_type: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -233,6 +234,20 @@ def test_the_shipped_gunicorn_config_uses_the_server_settings(monkeypatch):
     monkeypatch.setenv("FACEREC_CONNECTION_LIMIT", "321")
     monkeypatch.setenv("FACEREC_KEEPALIVE_S", "7")
     monkeypatch.setenv("FACEREC_CLIENT_TIMEOUT_S", "12.5")
+    monkeypatch.setenv("FACEREC_CV_THREADS", "3")
     conf = runpy.run_path(str(root / "gunicorn.conf.py"))
     assert (conf["threads"], conf["worker_connections"], conf["keepalive"]) == (6, 321, 7)
     assert issubclass(conf["worker_class"], HeadFirstWorker) and conf["worker_class"].client_timeout == 12.5
+    # each worker, before it loads the models, sets the threads of one computation
+    import cv2
+
+    from modules import resources
+
+    monkeypatch.setattr(resources, "_compute_threads", None)  # restored after the test, as cv2's below
+    threads = cv2.getNumThreads()
+    try:
+        conf["post_fork"](None, None)
+        assert cv2.getNumThreads() == 3
+        assert resources.onnx_session_options().intra_op_num_threads == 3
+    finally:
+        cv2.setNumThreads(threads)
