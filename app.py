@@ -4,7 +4,8 @@
                   [--database-url postgresql://...] [--queue-url redis://...] [--storage-dir /shared/jobs]
 
 serves with waitress (a production WSGI server, threads share one copy of
-the models).  Video jobs run inside this process unless ``--queue-url`` (or
+the models; slow clients, idle connections and long streams cannot take every
+thread, see docs/serving.md).  Video jobs run inside this process unless ``--queue-url`` (or
 ``QUEUE_URL``) names a Redis server: then ``python -m modules.worker
 --queue-url ...`` processes, on any machines, run them (see docs/queue.md).
 ``app`` is also exposed for other servers, configured with ``FACEREC_*``
@@ -22,10 +23,11 @@ import logging
 import sys
 from typing import Any
 
-from modules.web import create_app
 from modules.errors import FaceRecError
 from modules.files import private_umask
+from modules.server import create_waitress, prepare_process
 from modules.settings import load_settings
+from modules.web import create_app
 
 _app: Any = None
 
@@ -60,9 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="video job files, shared with the workers (default <data-dir>/jobs)")
     ap.add_argument("--chunk-seconds", type=float, default=None,
                     help="split videos at least twice this long into chunks of about this length (default 60; 0 = never)")
-    ap.add_argument("--max-upload-bytes", type=int, default=None, help="largest request body (default 20 MB)")
+    ap.add_argument("--max-upload-bytes", type=int, default=None,
+                    help="largest image file (default 20 MB; a request body may be 4/3 of it, for base64 JSON)")
     ap.add_argument("--max-pixels", type=int, default=None, help="largest decoded image, in pixels (default 40 Mpx)")
-    ap.add_argument("--threads", type=int, default=8, help="request threads (default 8)")
+    ap.add_argument("--threads", type=int, default=None, help="request threads (default: $FACEREC_THREADS, else 8)")
     ap.add_argument("--log-level", default="INFO")
     return ap.parse_args(argv)
 
@@ -83,23 +86,15 @@ def main(argv: list[str] | None = None) -> int:
             storage_dir=args.storage_dir,
             video_chunk_seconds=args.chunk_seconds,
         )
+        if args.threads is not None:
+            settings = settings.replace(server=settings.server.model_copy(update={"threads": max(1, args.threads)}))
+        prepare_process(settings)
         application = create_app(settings)
     except FaceRecError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
-    from waitress import create_server
-
-    server = create_server(
-        application,
-        host=args.host,
-        port=args.port,
-        threads=max(1, args.threads),
-        # Flask answers 413 in JSON up to MAX_CONTENT_LENGTH; waitress only stops absurd bodies
-        max_request_body_size=2 * settings.max_upload_bytes + (1 << 20),
-        channel_timeout=60,
-        ident="facerec",
-    )
-    print(f"serving on http://{args.host}:{server.effective_port}", flush=True)
+    server = create_waitress(application, settings, args.host, args.port)
+    print(f"serving on http://{args.host}:{server.port}", flush=True)
     try:
         server.run()
     except KeyboardInterrupt:

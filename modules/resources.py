@@ -1,8 +1,10 @@
-"""Locating model weights shipped inside installed packages (never downloaded)."""
+"""Locating model weights shipped inside installed packages (never downloaded), and the threads the models
+compute with (:func:`set_compute_threads`)."""
 from __future__ import annotations
 
 import importlib.resources
 from pathlib import Path
+from typing import Any
 
 from .errors import ModelNotFoundError
 
@@ -20,3 +22,32 @@ def package_file(package: str, resource: str) -> Path:
     if not path.is_file():
         raise ModelNotFoundError(f"weights file not found: {path} (from package {package!r})")
     return path
+
+
+# --- threads of one computation ---------------------------------------------------------------------------------
+_compute_threads: int | None = None  # None: each library's default (every core)
+
+
+def set_compute_threads(n: int) -> None:
+    """Threads one computation may use in this process: OpenCV's (now) and onnxruntime sessions' (those made
+    after this call).  A server whose requests each have a thread sets it low, so that concurrent requests do
+    not each start a pool of every core."""
+    import cv2
+
+    global _compute_threads
+    _compute_threads = max(1, int(n))
+    cv2.setNumThreads(_compute_threads)
+
+
+def onnx_session_options() -> Any:
+    """``onnxruntime.SessionOptions`` with this process' compute threads (and no spinning threads when they
+    are bounded: idle pool threads that spin steal the cores of other requests)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if _compute_threads is not None:
+        opts.intra_op_num_threads = _compute_threads
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return opts

@@ -15,7 +15,8 @@ Branches: ``video`` (``FACEREC_VIDEO_MAX_*``: video job limits), ``chunks``
 (``FACEREC_VIDEO_CHUNK_*``: splitting long videos), ``queue``
 (``FACEREC_QUEUE_*``: the RQ task queue), ``server`` (``FACEREC_BIND``,
 ``WORKERS``, ``THREADS``, ``TIMEOUT``, ``CV_THREADS``, ``ACCESS_LOG``,
-``LOG_LEVEL``: the process that serves, read by ``gunicorn.conf.py``), ``decode``
+``LOG_LEVEL``, ``CONNECTION_LIMIT``, ``CLIENT_TIMEOUT_S``, ``KEEPALIVE_S``,
+``STREAM_*``: the process that serves, read by ``app.py`` and ``gunicorn.conf.py``), ``decode``
 (``FACEREC_DECODE_*``: the memory budget of decoding), ``http`` (``FACEREC_HTTP_*``:
 allowed hosts, CORS origins, URL token lifetime), ``rate`` (``FACEREC_RATE_*``:
 quotas), ``metrics`` (``FACEREC_METRICS_*``).
@@ -105,17 +106,41 @@ class QueueSettings(BaseSettings):
 
 
 class ServerSettings(BaseSettings):
-    """The serving process (``FACEREC_BIND``, ``FACEREC_WORKERS``, ...), read by ``gunicorn.conf.py``;
-    ``workers``/``cv_threads`` 0 mean: derived from the cores."""
+    """The serving process (``FACEREC_BIND``, ``FACEREC_THREADS``, ...), read by ``python app.py`` and
+    ``gunicorn.conf.py`` through :mod:`modules.server`; 0 means: derived (see each field)."""
 
     model_config = _config(PREFIX)
+    #: gunicorn's listening address (``python app.py`` takes ``--host``/``--port``)
     bind: str = "127.0.0.1:5000"
+    #: gunicorn worker processes; 0 = one per core
     workers: NonNegativeInt = 0
-    threads: PositiveInt = 4
+    #: request threads of ``python app.py``, and of each gunicorn worker
+    threads: PositiveInt = 8
+    #: gunicorn kills a worker whose main loop is stuck this long (seconds)
     timeout: PositiveInt = 120
+    #: OpenCV/onnxruntime threads per computation; 0 = the cores shared out among every request thread
+    #: of every process (at least 1)
     cv_threads: NonNegativeInt = 0
+    #: gunicorn's access log (``-`` = stderr); none by default
     access_log: str | None = None
+    #: gunicorn's log level
     log_level: str = "info"
+    #: open connections per process; beyond, new ones wait in the kernel's listen queue
+    connection_limit: PositiveInt = 1000
+    #: seconds a client has to send a request's head (gunicorn), or may stay silent (both servers), before it
+    #: is disconnected
+    client_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False)
+    #: seconds an idle kept-alive connection stays open (gunicorn; ``python app.py``: ``client_timeout_s``)
+    keepalive_s: NonNegativeInt = 5
+    #: long responses (MJPEG streams, video downloads that hold a thread) at once per process;
+    #: 0 = half the threads (the other half always answers ordinary requests)
+    stream_slots: NonNegativeInt = 0
+    #: long responses of one video job at once per process
+    stream_per_job: PositiveInt = 4
+    #: long responses to one client (API key, else address) at once per process
+    stream_per_client: PositiveInt = 3
+    #: the longest MJPEG stream (seconds)
+    stream_max_s: float = Field(3600.0, gt=0, allow_inf_nan=False)
 
     _none_if_blank = field_validator("access_log", mode="before")(_blank_is_none)
 
@@ -124,8 +149,8 @@ class ServerSettings(BaseSettings):
         return self.workers or max(1, os.cpu_count() or 1)
 
     @property
-    def opencv_threads(self) -> int:
-        return self.cv_threads or max(1, (os.cpu_count() or 1) // self.worker_count)
+    def stream_limit(self) -> int:
+        return self.stream_slots or max(1, self.threads // 2)
 
 
 class DecodeSettings(BaseSettings):

@@ -10,7 +10,8 @@ the unit graph has no cycle):
 2. the recognizer (the one recognition path over the library and a gallery store);
 3. video compute and the batch folder run;
 4. the job system;
-5. the HTTP API; 6. the browser pages and the web service that joins them to the API; 7. the command lines.
+5. the HTTP API; 6. the browser pages, the web service that joins them to the API and the server options
+   (waitress, gunicorn); 7. the command lines.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ LAYERS: dict[str, int] = {
     "jobs": 4,
     "api": 5,
     "ui": 6,
+    "server": 6,
     "web": 6,
     "cli": 7,
     "worker": 7,

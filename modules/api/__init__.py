@@ -26,7 +26,7 @@ from ..recognizer import FaceRecognizer
 from ..storage import open_gallery
 from . import observability
 from .auth import check_request
-from .common import SECURITY_SCHEMES
+from .common import SECURITY_SCHEMES, body_limit
 from .errors import register_error_handlers, validation_error_response
 from .keys import KeyStore
 from .limits import init_limits
@@ -96,8 +96,9 @@ def create_app(
         static_folder=None,  # no app-level static files
     )
     app.config.update(
-        MAX_CONTENT_LENGTH=settings.max_upload_bytes,
-        MAX_FORM_MEMORY_SIZE=settings.max_upload_bytes,  # base64 in a plain form field
+        # an image of max_upload_bytes as base64 JSON (the files themselves are checked against max_upload_bytes)
+        MAX_CONTENT_LENGTH=body_limit(settings.max_upload_bytes),
+        MAX_FORM_MEMORY_SIZE=body_limit(settings.max_upload_bytes),  # base64 in a plain form field
         FACEREC_SETTINGS=settings,
         SWAGGER_CONFIG={"persistAuthorization": True},
     )

@@ -16,6 +16,8 @@ CONFLICT = {409: ErrorResponse}
 UNAVAILABLE = {503: ErrorResponse}
 
 API_PREFIX = "/api/v1"
+#: room in a request body beside its file: the other JSON fields or form parts, multipart headers
+BODY_SLACK = 64 * 1024
 SECURITY = [{"ApiKey": []}]
 SECURITY_SCHEMES = {
     "ApiKey": {
@@ -47,3 +49,9 @@ def api_blueprint(name: str, import_name: str, **kw: Any) -> APIBlueprint:
 def binary_response(mimetype: str, description: str) -> dict[str, Any]:
     """The documentation of a response whose body is a file of ``mimetype``."""
     return {"description": description, "content": {mimetype: {"schema": {"type": "string", "format": "binary"}}}}
+
+
+def body_limit(file_bytes: int) -> int:
+    """The largest request body that may carry a file of ``file_bytes``: as base64 in JSON it is 4/3 of
+    the file (whole 4-character groups), plus :data:`BODY_SLACK`."""
+    return -(-file_bytes // 3) * 4 + BODY_SLACK

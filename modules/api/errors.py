@@ -13,7 +13,7 @@ import logging
 import math
 from typing import Any
 
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -56,7 +56,7 @@ def handle_http_exception(exc: HTTPException) -> Response:
     code = HTTP_CODES.get(exc.code, f"http_{exc.code}")
     message = exc.description or exc.name
     if exc.code == 413:
-        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        limit = request.max_content_length  # the route's own (video uploads), else MAX_CONTENT_LENGTH
         message = f"the request body is larger than the limit of {limit} bytes" if limit else message
     resp = error_response(exc.code, code, message)
     for name, value in exc.get_headers():

@@ -22,12 +22,16 @@ Limits come from ``FACEREC_VIDEO_*`` environment variables or
 ``X-API-Key`` header, so with keys on the stream endpoint is public but needs
 a ``?token=`` that stands for the caller's key for an hour (``FACEREC_HTTP_TOKEN_TTL_S``), given only to callers
 allowed to read the job, freshly in every job record (``stream_url``, ``video_url``; :mod:`.url_tokens`).
+Streams and video downloads hold a server thread while they last, so a process serves only
+``FACEREC_STREAM_SLOTS`` of them at once (``_PER_JOB``, ``_PER_CLIENT``); beyond, 503 with ``Retry-After``
+(:class:`~modules.jobs.stream.StreamSlots`).
 
 Register with ``create_app(..., extra_blueprints=[videos.create_blueprint()])``.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from flask import Response, current_app, request, send_file, stream_with_context
@@ -36,16 +40,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidRequestError, NotFoundError, UnsupportedMediaError
 from ..jobs import MJPEG_MIMETYPE, ChunkPolicy, JobLimits, JobManager, validate_job_id
+from ..jobs.stream import ReleasingBody, StreamSlots
 from ..video.config import VideoConfig
 from . import url_tokens
 from .auth import authenticate, authorize_gallery, current_key, public
-from .common import API_PREFIX, CONFLICT, NOT_FOUND, UNAVAILABLE, api_blueprint, binary_response
+from .common import API_PREFIX, CONFLICT, NOT_FOUND, UNAVAILABLE, api_blueprint, binary_response, body_limit
 from .inputs import decode_base64
 from .limits import client_id
 from .schemas import ErrorResponse
 from .service import get_service
 
 EXTENSION = "facerec_videos"
+STREAMS = "facerec_streams"
 VIDEO_FIELDS = ("file", "video")
 TAG_VIDEOS = Tag(name="videos", description="Video jobs: per-frame and per-track recognition, annotated video, MJPEG")
 MAX_FRAMES_PAGE = 10_000
@@ -148,6 +154,51 @@ def get_manager() -> JobManager:
     return current_app.extensions[EXTENSION]
 
 
+_slots_lock = threading.Lock()
+
+
+def stream_slots() -> StreamSlots:
+    """The app's bound on long responses (``FACEREC_STREAM_*``), made on first use."""
+    slots = current_app.extensions.get(STREAMS)
+    if slots is None:
+        with _slots_lock:
+            slots = current_app.extensions.get(STREAMS)
+            if slots is None:
+                server = get_service().settings.server
+                slots = StreamSlots(server.stream_limit, server.stream_per_job, server.stream_per_client)
+                current_app.extensions[STREAMS] = slots
+    return slots
+
+
+def _client() -> str:
+    key = current_key()
+    return f"key:{key.id}" if key is not None else f"addr:{request.remote_addr}"
+
+
+def _sent_without_a_thread(resp: Response) -> bool:
+    """Whether the server sends this body without holding a request thread: waitress gives a
+    ``wsgi.file_wrapper`` body to its event loop; nothing is sent for HEAD or 304."""
+    if request.method == "HEAD" or resp.status_code not in (200, 206):
+        return True
+    wrapper = request.environ.get("wsgi.file_wrapper")
+    return wrapper is not None and type(resp.response) is wrapper and wrapper.__module__.startswith("waitress.")
+
+
+def _hold_slot(job_id: str, respond: Any) -> Response:
+    """``respond()``'s response, with a stream slot held until the server closes its body if sending it holds a
+    thread (503 when none is free)."""
+    resp = respond()
+    if _sent_without_a_thread(resp):
+        return resp
+    try:
+        release = stream_slots().acquire(job_id, _client())
+    except BaseException:
+        resp.close()
+        raise
+    resp.response = ReleasingBody(resp.response, release)
+    return resp
+
+
 def _job_for_caller(job_id: str) -> dict[str, Any]:
     job = get_manager().get(validate_job_id(job_id))
     if current_key() is not None:
@@ -177,7 +228,7 @@ def _with_links(job: dict[str, Any]) -> dict[str, Any]:
 def _read_upload(limit: int) -> tuple[Any, str | None, dict[str, Any]]:
     """(file object or bytes, client file name, other fields) from multipart or JSON."""
     # video bodies are larger than image bodies (base64 JSON a third larger); the manager checks the real size
-    request.max_content_length = limit * 4 // 3 + (1 << 20)
+    request.max_content_length = body_limit(limit)
     mimetype = request.mimetype or ""
     if mimetype == "multipart/form-data":
         fields = {k: request.form.get(k) for k in request.form.keys()}
@@ -297,14 +348,15 @@ def create_blueprint(
         tracks, job = get_manager().tracks(path.job_id)
         return {"job_id": job["job_id"], "status": job["status"], "tracks": tracks}
 
-    @bp.get("/videos/<job_id>/video", responses={200: MP4_RESPONSE, **NOT_FOUND, **CONFLICT})
+    @bp.get("/videos/<job_id>/video", responses={200: MP4_RESPONSE, **NOT_FOUND, **CONFLICT, **UNAVAILABLE})
     @public
     def get_video_annotated(path: JobPath, query: VideoQuery):
         """The annotated video, H.264 MP4 (409 until the job is done)
 
         Range requests are served, so a `<video>` tag can play and seek it. With API keys on, send a key
         as usual or use the job's `video_url`, whose `?token=` expires (a `<video>` tag cannot send headers).
-        `?download=true` asks the browser to save it.
+        `?download=true` asks the browser to save it. 503 with `Retry-After` while the server already sends
+        as many videos and streams as it allows (in all, of this job, to this client).
         """
         job_id = validate_job_id(path.job_id)
         if get_service().keys is not None and query.token is not None:
@@ -313,9 +365,9 @@ def create_blueprint(
             authenticate()
             _job_for_caller(job_id)
         p = get_manager().video_path(job_id)
-        return send_file(
+        return _hold_slot(job_id, lambda: send_file(
             p, mimetype="video/mp4", as_attachment=query.download, download_name=f"{job_id}.mp4", conditional=True
-        )
+        ))
 
     @bp.get("/videos/<job_id>/crops/<name>/<file>", responses={200: JPEG_RESPONSE, **NOT_FOUND, **CONFLICT})
     def get_video_crop(path: CropPath):
@@ -326,20 +378,24 @@ def create_blueprint(
             raise NotFoundError("no such crop")
         return send_file(p, mimetype="image/jpeg")
 
-    @bp.get("/videos/<job_id>/stream", responses={200: MJPEG_RESPONSE, **NOT_FOUND})
+    @bp.get("/videos/<job_id>/stream", responses={200: MJPEG_RESPONSE, **NOT_FOUND, **UNAVAILABLE})
     @public
     def stream_video_job(path: JobPath, query: StreamQuery):
         """MJPEG stream of the annotated frames for an `<img>` tag (like the original `/video_feed`)
 
         Live while the job runs, then the annotated video at its frame rate. With API keys on, use the job's
-        `stream_url`, whose `?token=` expires (an `<img>` tag cannot send headers).
+        `stream_url`, whose `?token=` expires (an `<img>` tag cannot send headers). 503 with `Retry-After` while
+        the server already sends as many streams and videos as it allows (in all, of this job, to this client).
         """
         mgr = get_manager()
         job_id = validate_job_id(path.job_id)
         if get_service().keys is not None:
             _check_stream_token(job_id, query.token)
         headers = {"Cache-Control": "no-cache, no-store", "X-Accel-Buffering": "no"}
-        return Response(stream_with_context(mgr.stream(job_id)), mimetype=MJPEG_MIMETYPE, headers=headers)
+        max_s = get_service().settings.server.stream_max_s
+        return _hold_slot(job_id, lambda: Response(
+            stream_with_context(mgr.stream(job_id, max_seconds=max_s)), mimetype=MJPEG_MIMETYPE, headers=headers
+        ))
 
     @bp.delete("/videos/<job_id>", responses={200: VideoJob, **NOT_FOUND})
     def cancel_video_job(path: JobPath, query: DeleteQuery):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import OnnxArcFaceConfig
-from ..resources import package_file
+from ..resources import onnx_session_options, package_file
 from .base import Embedder
 
 
@@ -17,7 +17,7 @@ class InsightFaceOnnxEmbedder(Embedder):
         import onnxruntime as ort
 
         path = package_file(config.package, config.resource)
-        opts = ort.SessionOptions()
+        opts = onnx_session_options()
         opts.log_severity_level = 3
         self._session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         inp = self._session.get_inputs()[0]
