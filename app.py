@@ -25,7 +25,7 @@ from typing import Any
 
 from modules.errors import FaceRecError
 from modules.files import private_umask
-from modules.server import create_waitress, prepare_process
+from modules.server import create_waitress, prepare_process, serving_settings
 from modules.settings import load_settings
 from modules.web import create_app
 
@@ -39,7 +39,7 @@ def __getattr__(name: str) -> Any:
         if _app is None:
             private_umask()  # gallery, keys, video jobs: this user's only
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-            _app = create_app(load_settings())
+            _app = create_app(serving_settings(load_settings()))
         return _app
     raise AttributeError(name)
 
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads is not None:
             settings = settings.replace(server=settings.server.model_copy(update={"threads": max(1, args.threads)}))
         prepare_process(settings)
-        application = create_app(settings)
+        application = create_app(serving_settings(settings))
     except FaceRecError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

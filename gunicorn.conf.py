@@ -25,6 +25,10 @@ _settings = load_settings()  # a bad FACEREC_* value stops gunicorn, naming it
 globals().update(gunicorn_options(_settings))
 
 
+def child_exit(server, worker):  # prometheus-client multiprocess mode (docs/operations.md)
+    __import__("modules.api.metrics", fromlist=["child_exit"]).child_exit(server, worker)
+
+
 def post_fork(server, worker):  # gunicorn hook signature
     # before the worker loads the models: each computation's threads, the cores shared among every thread
     prepare_process(_settings, _settings.server.worker_count)

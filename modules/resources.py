@@ -39,6 +39,24 @@ def set_compute_threads(n: int) -> None:
     cv2.setNumThreads(_compute_threads)
 
 
+def return_freed_memory(threshold: int = 1 << 20) -> bool:
+    """Serve allocations of ``threshold`` bytes or more (decoded images, model buffers) from their own
+    mappings, given back to the system when freed, instead of glibc's heap, which keeps freed memory and
+    lets a server's idle size ratchet up after each burst of large images.  ``False`` where the C
+    library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold = -3  # glibc's M_MMAP_THRESHOLD
+    return bool(mallopt and mallopt(m_mmap_threshold, int(threshold)) == 1)
+
+
 def onnx_session_options() -> Any:
     """``onnxruntime.SessionOptions`` with this process' compute threads (and no spinning threads when they
     are bounded: idle pool threads that spin steal the cores of other requests)."""

@@ -25,7 +25,7 @@ from typing import Any
 from ..api.common import body_limit
 from ..api.errors import HTTP_CODES
 from ..api.schemas import ErrorBody, ErrorResponse
-from ..resources import set_compute_threads
+from ..resources import return_freed_memory, set_compute_threads
 from ..settings import ServerSettings, Settings
 
 #: waitress answers bodies above the largest route limit plus this itself (Flask answers below it)
@@ -44,8 +44,21 @@ def compute_threads(server: ServerSettings, processes: int = 1) -> int:
 
 
 def prepare_process(settings: Settings, processes: int = 1) -> None:
-    """Process-wide set-up before the models load: the threads of one computation."""
+    """Process-wide set-up before the models load: the threads of one computation, and freed image
+    buffers handed back to the system (:func:`~modules.resources.return_freed_memory`)."""
     set_compute_threads(compute_threads(settings.server, processes))
+    return_freed_memory()
+
+
+def serving_settings(settings: Settings) -> Settings:
+    """``settings`` for a process whose requests each take one of ``server.threads`` threads: unless set,
+    at most ``threads - decode.max_concurrent - 1`` requests wait for a decoding slot (the others get 503
+    ``busy`` at once), so a burst of large images always leaves a thread for ``/health``."""
+    decode = settings.decode
+    if decode.max_queued is not None:
+        return settings
+    bound = max(0, settings.server.threads - decode.max_concurrent - 1)
+    return settings.replace(decode=decode.model_copy(update={"max_queued": bound}))
 
 
 # --- waitress --------------------------------------------------------------------------------------------------
