@@ -4,8 +4,9 @@
     python -m benchmarks.adversarial --start-server gunicorn [--duration 60]
 
 One fresh server (``python app.py`` or the shipped ``gunicorn.conf.py``) on a
-free loopback port, a temporary data directory, the subject enrolled and one
-finished video job.  Then two runs of ``--duration`` seconds each:
+free loopback port, a temporary data directory, API keys on (each
+normal client and each kind of attacker has its own key: quotas are per key),
+the subject enrolled and one finished video job.  Then two runs of ``--duration`` seconds each:
 
 * **clean**: ``--clients`` threads post a one-face 640x480 JPEG to
   ``/recognition`` back to back (keep-alive), one thread polls ``/health``
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import socket
 import tempfile
 import threading
@@ -36,7 +38,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .hostile_memory import jpeg_bomb, png16_bomb
-from .load import DEFAULT_IMAGE, SHARED, Worker, enroll, multipart, one_face_jpeg, percentile, start_server
+from .load import DEFAULT_IMAGE, SHARED, Worker, multipart, one_face_jpeg, percentile, start_server
 
 CLIP = SHARED / "face_recognition_examples" / "video_short_hamilton_clip" / "short_hamilton_clip.mp4"
 
@@ -52,6 +54,25 @@ class Tally:
     def add(self, kind: str, status: int | str) -> None:
         with self.lock:
             self.counts[f"{kind} {status}"] += 1
+
+
+KEYS: dict[str, str] = {}  # who -> API key
+
+
+def create_keys(data_dir: str, names: list[str]) -> None:
+    """One admin key per name, made with the key CLI before the server starts."""
+    import subprocess
+    import sys
+
+    for name in names:
+        out = subprocess.run([sys.executable, "-m", "modules.api.keys", "--data-dir", data_dir, "create",
+                              "--gallery", "*", "--admin", "--label", name],
+                             check=True, capture_output=True, text=True).stdout
+        KEYS[name] = out.strip().splitlines()[-1]
+
+
+def keyed(who: str, headers: dict[str, str] | None = None) -> dict[str, str]:
+    return {**(headers or {}), "X-API-Key": KEYS[who]} if who in KEYS else dict(headers or {})
 
 
 def request(host: str, port: int, method: str, path: str, body: bytes | None = None,
@@ -94,7 +115,7 @@ def bombs(host: str, port: int, stop_at: float, tally: Tally, phase: int) -> Non
         kind, path, body, ctype = cases[i % len(cases)]
         i += 1
         try:
-            status, _ = request(host, port, "POST", path, body, {"Content-Type": ctype})
+            status, _ = request(host, port, "POST", path, body, keyed("bombs", {"Content-Type": ctype}))
         except OSError as exc:
             status = type(exc).__name__
         tally.add(kind, status)
@@ -105,7 +126,7 @@ def bursts(host: str, port: int, stop_at: float, tally: Tally, image: bytes, siz
 
     def one() -> None:
         try:
-            status, _ = request(host, port, "POST", "/recognition", body, {"Content-Type": ctype})
+            status, _ = request(host, port, "POST", "/recognition", body, keyed("bursts", {"Content-Type": ctype}))
         except OSError as exc:
             status = type(exc).__name__
         tally.add("burst", status)
@@ -121,7 +142,7 @@ def flood(host: str, port: int, stop_at: float, tally: Tally) -> None:
     conn = http.client.HTTPConnection(host, port, timeout=30)
     while time.monotonic() < stop_at:
         try:
-            conn.request("GET", "/api/v1/galleries")
+            conn.request("GET", "/api/v1/galleries", headers=keyed("flood"))
             resp = conn.getresponse()
             resp.read()
             tally.add("flood", resp.status)
@@ -140,7 +161,7 @@ def viewer(host: str, port: int, path: str, stop_at: float, tally: Tally) -> Non
     while time.monotonic() < stop_at:
         conn = http.client.HTTPConnection(host, port, timeout=10)
         try:
-            conn.request("GET", path)
+            conn.request("GET", path, headers=keyed("viewers"))
             resp = conn.getresponse()
             tally.add("mjpeg", resp.status)
             while time.monotonic() < stop_at and resp.read(65536):
@@ -184,13 +205,14 @@ def sample_rss(pid: int, stop: threading.Event, out: list[int]) -> None:
 # --- runs -----------------------------------------------------------------------------------------
 def make_job(host: str, port: int) -> str:
     body, ctype = multipart({"file": ("clip.mp4", CLIP.read_bytes(), "video/mp4")})
-    status, data = request(host, port, "POST", "/api/v1/videos", body, {"Content-Type": ctype}, timeout=120)
+    status, data = request(host, port, "POST", "/api/v1/videos", body, keyed("normal", {"Content-Type": ctype}),
+                           timeout=120)
     if status != 202:
         raise SystemExit(f"video upload failed: {status} {data[:300]!r}")
     job = json.loads(data)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        status, data = request(host, port, "GET", f"/api/v1/videos/{job['job_id']}")
+        status, data = request(host, port, "GET", f"/api/v1/videos/{job['job_id']}", headers=keyed("normal"))
         state = json.loads(data)
         if state["status"] in ("done", "failed", "cancelled"):
             if state["status"] != "done":
@@ -211,8 +233,9 @@ def one_run(host: str, port: int, pid: int, image: bytes, duration: float, clien
     stop_rss = threading.Event()
     threads = [threading.Thread(target=sample_rss, args=(pid, stop_rss, rss), daemon=True),
                threading.Thread(target=poll_health, args=(host, port, stop_at, health), daemon=True)]
-    workers = [Worker(host, port, "/recognition", body, {"Content-Type": ctype}, stop_at, start, "subject")
-               for _ in range(clients)]
+    workers = [Worker(host, port, "/recognition", body, keyed(f"normal{i}", {"Content-Type": ctype}), stop_at, start,
+                      "subject")
+               for i in range(clients)]
     if hostile:
         threads += [threading.Thread(target=bombs, args=(host, port, stop_at, tally, i), daemon=True)
                     for i in range(2)]
@@ -261,11 +284,18 @@ def main(argv: list[str] | None = None) -> int:
 
     image = one_face_jpeg(args.image)
     with tempfile.TemporaryDirectory(prefix="facerec-adversarial-") as data_dir:
+        create_keys(data_dir, ["normal", *(f"normal{i}" for i in range(args.clients)), "bombs", "bursts", "flood",
+                               "viewers"])
+        os.environ["FACEREC_API_KEYS"] = "1"
         proc, url = start_server(args.start_server, data_dir, args.workers, None)
         try:
             parts = urlsplit(url)
             host, port = parts.hostname or "127.0.0.1", parts.port or 80
-            enroll(host, port, image, "default", "subject")
+            body, ctype = multipart({"file": ("subject.jpg", image, "image/jpeg")})
+            status, data = request(host, port, "POST", "/api/v1/galleries/default/people/subject/faces", body,
+                                   keyed("normal", {"Content-Type": ctype}))
+            if status != 201:
+                raise SystemExit(f"enrollment failed: {status} {data[:300]!r}")
             stream_path = make_job(host, port)
             time.sleep(2.0)
             root = psutil.Process(proc.pid)

@@ -40,8 +40,10 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -360,22 +362,32 @@ def encode_png(image_bgr: np.ndarray) -> bytes:
 
 
 # --- admission ------------------------------------------------------------------------------------
+#: who the current thread decodes for (the API sets a client id per request); ``None``: nobody in particular
+decode_owner: ContextVar[Hashable | None] = ContextVar("decode_owner", default=None)
+
+
 class DecodeGate:
     """At most ``max_concurrent`` threads hold decoded pixels at once; up to ``max_queued`` more wait for a slot.
 
     :meth:`slot` is a context manager, re-entrant within a thread (nested uses share one slot).  A request
     that finds the queue full, or waits ``wait_s`` seconds without a slot, gets
     :class:`~modules.errors.ServiceBusyError` (503) with a ``retry_after`` estimated from how long slots have
-    recently been held and how many requests are queued.  ``max_queued=None``: no bound on the queue.
+    recently been held and how many requests are queued.  ``max_queued=None``: no bound on the queue; a
+    callable: the bound now (e.g. the server's threads not taken by other long work).
+    One owner (:data:`decode_owner`: an API key or client address) holds at most ``per_owner`` slots
+    (default: all but one), so a client sending many large images at once cannot take every slot.
     """
 
-    def __init__(self, max_concurrent: int, wait_s: float, max_queued: int | None = None):
-        if max_concurrent < 1 or wait_s < 0 or (max_queued is not None and max_queued < 0):
+    def __init__(self, max_concurrent: int, wait_s: float, max_queued: int | Callable[[], int] | None = None,
+                 per_owner: int | None = None):
+        if max_concurrent < 1 or wait_s < 0 or (isinstance(max_queued, int) and max_queued < 0):
             raise ValueError("max_concurrent must be at least 1, wait_s and max_queued not negative")
         self.max_concurrent, self.wait_s, self.max_queued = max_concurrent, wait_s, max_queued
-        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self.per_owner = max(1, per_owner if per_owner is not None else max_concurrent - 1)
+        self._cond = threading.Condition()
+        self._held = 0
+        self._by_owner: Counter[Hashable] = Counter()
         self._mine = threading.local()
-        self._lock = threading.Lock()
         self._waiting = 0
         self._mean_hold_s = 0.5
 
@@ -391,22 +403,35 @@ class DecodeGate:
             details={"retry_after_s": after}, retry_after=after,
         )
 
-    def _acquire(self) -> None:
-        if self._slots.acquire(blocking=False):
-            return
-        with self._lock:
-            full = self.max_queued is not None and self._waiting >= self.max_queued
-            if not full:
+    def _free(self, owner: Hashable | None) -> bool:
+        return self._held < self.max_concurrent and (owner is None or self._by_owner[owner] < self.per_owner)
+
+    def _acquire(self, owner: Hashable | None) -> None:
+        with self._cond:
+            if not self._free(owner):
+                bound = self.max_queued() if callable(self.max_queued) else self.max_queued
+                if bound is not None and self._waiting >= bound:
+                    raise self._busy(f"{self.max_concurrent} at once and {bound} waiting")
                 self._waiting += 1
-        if full:
-            raise self._busy(f"{self.max_concurrent} at once and {self.max_queued} waiting")
-        try:
-            got = self._slots.acquire(timeout=self.wait_s)
-        finally:
-            with self._lock:
-                self._waiting -= 1
-        if not got:
-            raise self._busy(f"no decoding slot came free in {self.wait_s:g} s")
+                try:
+                    got = self._cond.wait_for(lambda: self._free(owner), timeout=self.wait_s)
+                finally:
+                    self._waiting -= 1
+                if not got:
+                    raise self._busy(f"no decoding slot came free in {self.wait_s:g} s")
+            self._held += 1
+            if owner is not None:
+                self._by_owner[owner] += 1
+
+    def _release(self, owner: Hashable | None, held: float) -> None:
+        with self._cond:
+            self._held -= 1
+            if owner is not None:
+                self._by_owner[owner] -= 1
+                if self._by_owner[owner] <= 0:
+                    del self._by_owner[owner]
+            self._mean_hold_s = 0.8 * self._mean_hold_s + 0.2 * held
+            self._cond.notify_all()
 
     @contextmanager
     def slot(self) -> Iterator[None]:
@@ -418,21 +443,19 @@ class DecodeGate:
             finally:
                 self._mine.depth = depth
             return
-        self._acquire()
+        owner = decode_owner.get()
+        self._acquire(owner)
         self._mine.depth = 1
         t0 = time.monotonic()
         try:
             yield
         finally:
             self._mine.depth = 0
-            held = time.monotonic() - t0
-            with self._lock:
-                self._mean_hold_s = 0.8 * self._mean_hold_s + 0.2 * held
-            self._slots.release()
+            self._release(owner, time.monotonic() - t0)
 
     def retry_after(self) -> int:
         """Seconds after which a slot is likely free: the mean hold time times the queue per slot (1..60)."""
-        with self._lock:
+        with self._cond:
             queued, hold = self._waiting, self._mean_hold_s
         return max(1, min(60, math.ceil(hold * (1 + queued / self.max_concurrent))))
 

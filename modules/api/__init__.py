@@ -29,7 +29,7 @@ from .auth import check_request
 from .common import SECURITY_SCHEMES, body_limit
 from .errors import register_error_handlers, validation_error_response
 from .keys import KeyStore
-from .limits import init_limits
+from .limits import init_limits, mark_decode_owner
 from .schemas import ErrorResponse
 from .security import install as install_browser_safety
 from .service import EXTENSION, FaceRecService, get_service
@@ -127,6 +127,7 @@ def create_app(
     init_limits(app)  # before the key check: requests it refuses count too
     observability.install(app, settings, rec)  # access log, /metrics
     app.before_request(check_request)
+    app.before_request(mark_decode_owner)  # decoding slots are shared fairly among clients
 
     from . import analysis, azure_face, azure_support, galleries, health, legacy_clients, recognition, videos
 

@@ -26,6 +26,7 @@ from flask_limiter import ApplicationLimit, Limiter, RateLimitExceeded
 from limits.errors import ConfigurationError
 
 from ..errors import ConfigError, RateLimitedError
+from ..images import decode_owner
 from ..settings import Settings
 from .auth import HEADER, current_key
 from .errors import handle_facerec_error
@@ -55,6 +56,12 @@ def client_id() -> str:
     ident = f"key:{key.id}" if key is not None else f"addr:{request.remote_addr or 'unknown'}"
     g.facerec_client = ident
     return ident
+
+
+def mark_decode_owner() -> None:
+    """``before_request``: the decoding slots this request takes count against its client
+    (:data:`modules.images.decode_owner`), so one client cannot take them all."""
+    decode_owner.set(client_id())
 
 
 def storage_url(settings: Settings) -> str:

@@ -31,7 +31,6 @@ Register with ``create_app(..., extra_blueprints=[videos.create_blueprint()])``.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from flask import Response, current_app, request, send_file, stream_with_context
@@ -51,7 +50,6 @@ from .schemas import ErrorResponse
 from .service import get_service
 
 EXTENSION = "facerec_videos"
-STREAMS = "facerec_streams"
 VIDEO_FIELDS = ("file", "video")
 TAG_VIDEOS = Tag(name="videos", description="Video jobs: per-frame and per-track recognition, annotated video, MJPEG")
 MAX_FRAMES_PAGE = 10_000
@@ -154,25 +152,9 @@ def get_manager() -> JobManager:
     return current_app.extensions[EXTENSION]
 
 
-_slots_lock = threading.Lock()
-
-
 def stream_slots() -> StreamSlots:
-    """The app's bound on long responses (``FACEREC_STREAM_*``), made on first use."""
-    slots = current_app.extensions.get(STREAMS)
-    if slots is None:
-        with _slots_lock:
-            slots = current_app.extensions.get(STREAMS)
-            if slots is None:
-                server = get_service().settings.server
-                slots = StreamSlots(server.stream_limit, server.stream_per_job, server.stream_per_client)
-                current_app.extensions[STREAMS] = slots
-    return slots
-
-
-def _client() -> str:
-    key = current_key()
-    return f"key:{key.id}" if key is not None else f"addr:{request.remote_addr}"
+    """The app's bound on long responses (``FACEREC_STREAM_*``)."""
+    return get_service().streams
 
 
 def _sent_without_a_thread(resp: Response) -> bool:
@@ -191,7 +173,7 @@ def _hold_slot(job_id: str, respond: Any) -> Response:
     if _sent_without_a_thread(resp):
         return resp
     try:
-        release = stream_slots().acquire(job_id, _client())
+        release = stream_slots().acquire(job_id, client_id())
     except BaseException:
         resp.close()
         raise
