@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 import requests
 
-from modules.ui.server import CHROMIUM_ARGS
-from tests.test_ui import _missing, chromium_path
+from tests.test_ui import launched_chromium
 
 TIMEOUT_MS = 30_000
 RESOLVER = "--host-resolver-rules=MAP attacker.test 127.0.0.1, MAP rebind.test 127.0.0.1"
@@ -78,17 +77,8 @@ def attacker():
 
 @pytest.fixture(scope="module")
 def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("the playwright package is not installed (pip install playwright)")
-    path = chromium_path()
-    if path is None:
-        _missing("no chromium executable (run scripts/install_browser.sh, or set FACEREC_CHROMIUM)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, headless=True, args=[*CHROMIUM_ARGS, RESOLVER])
+    with launched_chromium(RESOLVER) as b:
         yield b
-        b.close()
 
 
 @pytest.fixture()

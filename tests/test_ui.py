@@ -16,7 +16,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,6 +43,24 @@ def chromium_path() -> str | None:
         if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
             return cand
     return None
+
+
+@contextmanager
+def launched_chromium(*extra_args: str) -> Iterator[Any]:
+    """Debian's chromium driven by Playwright, with a fresh temporary profile (user-data dir)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("the playwright package is not installed (pip install playwright)")
+    path = chromium_path()
+    if path is None:
+        _missing("no chromium executable (run scripts/install_browser.sh, or set FACEREC_CHROMIUM)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, headless=True, args=[*CHROMIUM_ARGS, *extra_args])
+        try:
+            yield b
+        finally:
+            b.close()
 
 
 # --- fixtures --------------------------------------------------------------------------------
@@ -74,22 +95,8 @@ def fake_camera(images, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(fake_camera):
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("the playwright package is not installed (pip install playwright)")
-    path = chromium_path()
-    if path is None:
-        _missing("no chromium executable (run scripts/install_browser.sh, or set FACEREC_CHROMIUM)")
-    with sync_playwright() as p:
-        # launch() gives every run a fresh temporary profile (user-data dir)
-        b = p.chromium.launch(
-            executable_path=path,
-            headless=True,
-            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={fake_camera}"],
-        )
+    with launched_chromium(f"--use-file-for-fake-video-capture={fake_camera}") as b:
         yield b
-        b.close()
 
 
 def _serve(api_models, data_dir: Path, **settings):
