@@ -396,6 +396,11 @@ class DecodeGate:
         """Requests waiting for a slot now."""
         return self._waiting
 
+    @property
+    def queue_bound(self) -> int | None:
+        """How many requests may wait for a slot now (``None``: any number)."""
+        return self.max_queued() if callable(self.max_queued) else self.max_queued
+
     def _busy(self, why: str) -> ServiceBusyError:
         after = self.retry_after()
         return ServiceBusyError(
@@ -409,7 +414,7 @@ class DecodeGate:
     def _acquire(self, owner: Hashable | None) -> None:
         with self._cond:
             if not self._free(owner):
-                bound = self.max_queued() if callable(self.max_queued) else self.max_queued
+                bound = self.queue_bound
                 if bound is not None and self._waiting >= bound:
                     raise self._busy(f"{self.max_concurrent} at once and {bound} waiting")
                 self._waiting += 1

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
-FUZZ_SECONDS = float(os.environ.get("FUZZ_SECONDS", "60"))
+FUZZ_SECONDS = float(os.environ.get("FUZZ_SECONDS", "40"))
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))
 
 

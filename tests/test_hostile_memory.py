@@ -172,7 +172,7 @@ def test_decode_settings_reach_the_gate_and_the_budget(make_app, monkeypatch):
     monkeypatch.setenv("FACEREC_DECODE_MAX_QUEUED", "4")
     app = make_app(decode=load_settings().decode)
     svc = app.extensions["facerec"]
-    assert (svc.decode_gate.max_concurrent, svc.decode_gate.wait_s, svc.decode_gate.max_queued) == (3, 0.5, 4)
+    assert (svc.decode_gate.max_concurrent, svc.decode_gate.wait_s, svc.decode_gate.queue_bound) == (3, 0.5, 4)
     assert (svc.recognizer.decode_budget.pixels, svc.recognizer.decode_budget.raster_bytes) == (2_000_000, 50_000_000)
     monkeypatch.setenv("FACEREC_DECODE_MAX_QUEUED", "")
     assert load_settings().decode.max_queued is None  # blank: no bound
