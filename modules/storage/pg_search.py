@@ -18,7 +18,7 @@ from sqlalchemy import Connection, exc as sa_exc, insert, text
 
 from ..errors import ConfigError, FaceRecError
 from ..face import Candidate
-from .engine import db_error, safe_url
+from .engine import Prepared, db_error, safe_url
 from .gallery import GalleryStore, Tx
 from .records import as_queries, gallery_not_found, mismatch_error, validate_name
 
@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 MIN_PGVECTOR = (0, 5, 0)
 MAX_EF_SEARCH = 1000  # pgvector's limit for hnsw.ef_search
 _EXTENSION_LOCK = 0x6661636572656301  # advisory lock key: "facerec" + 1
+
+
+_PEOPLE_AMONG = Prepared(text("SELECT name, id, num_faces FROM people"
+                              " WHERE gallery_id = :gid AND name = ANY(CAST(:names AS text[]))"))
 
 
 def vector_text(v: np.ndarray) -> str:
@@ -128,12 +132,10 @@ class PostgresGallery(GalleryStore):
         drawn = conn.execute(text(sql), {"n": n})
         return [int(i) for i in drawn.scalars()]
 
-    def _people_ids(self, conn: Connection, gid: int, names: list[str]) -> dict[str, int]:
+    def _people_ids(self, conn: Connection, gid: int, names: list[str]) -> dict[str, tuple[int, int]]:
         """One ``= ANY(text[])`` lookup (a long ``IN`` list of varchar parameters makes PostgreSQL scan the table)."""
-        rows = conn.execute(text("SELECT name, id FROM people"
-                                 " WHERE gallery_id = :gid AND name = ANY(CAST(:names AS text[]))"),
-                            {"gid": gid, "names": names})
-        return {name: int(pid) for name, pid in rows}
+        rows = _PEOPLE_AMONG(conn, gid=gid, names=names).fetchall()
+        return {name: (int(pid), int(n)) for name, pid, n in rows}
 
     def _insert_ids(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> list[int]:
         """Ids drawn first, then one batched insert (a ``RETURNING`` kept in row order would cost a statement a

@@ -163,16 +163,25 @@ class SQLiteGallery(GalleryStore):
         # the columns' own bind processing (embedding -> float32 BLOB, timestamp -> ISO text), applied once per value
         binds = [table.c[k].type.bind_processor(conn.dialect) or (lambda v: v) for k in keys]
         values = [tuple(b(v) for b, v in zip(binds, (*(r[k] for k in keys[:-1]), created_at))) for r in rows]
-        before = conn.exec_driver_sql(f"SELECT COALESCE(MAX(id), 0) FROM {table.name}").scalar()
-        conn.exec_driver_sql(
-            f"INSERT INTO {table.name} ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
-            values,
-        )
-        new = conn.exec_driver_sql(f"SELECT id FROM {table.name} WHERE id > ? ORDER BY id", (before,))
-        ids = [int(r[0]) for r in new]
+        cursor = conn.connection.dbapi_connection.cursor()  # the statements are plain SQL: no need for SQLAlchemy's
+        before = cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table.name}").fetchone()[0]
+        cursor.executemany(f"INSERT INTO {table.name} ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
+                           values)
+        ids = [int(r[0]) for r in cursor.execute(f"SELECT id FROM {table.name} WHERE id > ? ORDER BY id", (before,))]
         if len(ids) != len(rows):  # pragma: no cover - would mean another writer inside our write lock
             raise RuntimeError(f"inserted {len(rows)} rows into {table.name} but found {len(ids)} new ids")
         return ids
+
+    def _people_ids(self, conn: Connection, gid: int, names: list[str]) -> dict[str, tuple[int, int]]:
+        """``{name: (id, number of faces)}`` of the gallery's people among ``names`` (plain SQL, a chunk a time)."""
+        cursor = conn.connection.dbapi_connection.cursor()
+        found: dict[str, tuple[int, int]] = {}
+        for s in range(0, len(names), 500):
+            chunk = names[s : s + 500]
+            found.update((name, (pid, n)) for name, pid, n in cursor.execute(
+                f"SELECT name, id, num_faces FROM people WHERE gallery_id = ? AND name IN ({', '.join('?' * len(chunk))})",
+                (gid, *chunk)))
+        return found
 
     NEXT_GENERATION_SQL = "UPDATE meta SET value = value + 1 WHERE key = 'generation' RETURNING value"
     GENERATION_SQL = "SELECT value FROM meta WHERE key = 'generation'"
