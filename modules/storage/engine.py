@@ -8,6 +8,7 @@ A forked child drops its parent's pooled connections without closing them (SQLAl
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -111,8 +112,11 @@ def _sqlite_engine(url: URL, timeout: float) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get("sqlite_immediate", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        sql = "BEGIN IMMEDIATE" if conn.get_execution_options().get("sqlite_immediate", False) else "BEGIN"
+        try:  # on the driver's connection: this runs before every transaction
+            conn.connection.dbapi_connection.execute(sql)
+        except sqlite3.Error as exc:
+            raise sa_exc.DBAPIError.instance(sql, (), exc, sqlite3.Error) from exc
 
     return engine
 

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -159,11 +160,17 @@ class SQLiteGallery(GalleryStore):
         if not rows:
             return []
         keys = [*rows[0], "created_at"]
-        created_at = datetime.now(timezone.utc)
-        # the columns' own bind processing (embedding -> float32 BLOB, timestamp -> ISO text), applied once per value
-        binds = [table.c[k].type.bind_processor(conn.dialect) or (lambda v: v) for k in keys]
-        values = [tuple(b(v) for b, v in zip(binds, (*(r[k] for k in keys[:-1]), created_at))) for r in rows]
-        cursor = conn.connection.dbapi_connection.cursor()  # the statements are plain SQL: no need for SQLAlchemy's
+        # the columns' own bind processing (embedding -> float32 BLOB, ...), for the columns that have one; the
+        # creation time, the same for all, processed once
+        processed = [(i, p) for i, k in enumerate(keys[:-1]) if (p := table.c[k].type.bind_processor(conn.dialect))]
+        stamp = table.c.created_at.type.bind_processor(conn.dialect)(datetime.now(timezone.utc))
+        get, values = itemgetter(*keys[:-1]), []
+        for r in rows:
+            row = [*get(r), stamp]
+            for i, p in processed:
+                row[i] = p(row[i])
+            values.append(row)
+        cursor = conn.connection.dbapi_connection.cursor()  # plain SQL on the driver: no statement to build
         before = cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table.name}").fetchone()[0]
         cursor.executemany(f"INSERT INTO {table.name} ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
                            values)
