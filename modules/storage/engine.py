@@ -1,14 +1,14 @@
-"""One SQLAlchemy engine per database, shared by every store of the process; dialect set-up through events.
+"""One SQLAlchemy engine per database, shared by every store of the process; dialect set-up on connect.
 
 SQLite: WAL, ``synchronous=FULL``, foreign keys, a busy timeout; a write begins with ``BEGIN IMMEDIATE`` (the
 lock first, so a read-then-write never fails on a lock upgrade); a new file is ``0600`` (biometric data).
+:class:`Prepared` runs a write's hot statements on the driver's cursor, in the same transaction.
 PostgreSQL (psycopg 3, pooled): a ``lock_timeout``, so a writer stuck behind another gets a 503, not a hang.
 A forked child drops its parent's pooled connections without closing them (SQLAlchemy's recipe).
 """
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -105,19 +105,18 @@ def _sqlite_engine(url: URL, timeout: float) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # BEGIN is issued by the "begin" event below
+        dbapi_conn.isolation_level = None  # BEGIN is issued by _do_begin below
         for pragma in (f"busy_timeout = {int(timeout * 1000)}", "foreign_keys = ON", "journal_mode = WAL",
                        "synchronous = FULL"):
             dbapi_conn.execute(f"PRAGMA {pragma}").fetchall()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        sql = "BEGIN IMMEDIATE" if conn.get_execution_options().get("sqlite_immediate", False) else "BEGIN"
-        try:  # on the driver's connection: this runs before every transaction
-            conn.connection.dbapi_connection.execute(sql)
-        except sqlite3.Error as exc:
-            raise sa_exc.DBAPIError.instance(sql, (), exc, sqlite3.Error) from exc
+    def _do_begin(dbapi_conn: Any) -> None:  # unless transaction() took the write lock first (BEGIN IMMEDIATE)
+        if not dbapi_conn.in_transaction:
+            dbapi_conn.execute("BEGIN")
 
+    # the dialect's own hook rather than a "begin" event: any engine event makes every statement and transaction
+    # of every connection dispatch events, a large part of a small write's cost
+    engine.dialect.do_begin = _do_begin  # type: ignore[method-assign]
     return engine
 
 
@@ -196,8 +195,8 @@ def transaction(engine: Engine, what: str = "database", *, write: bool = True) -
     driver_error = engine.dialect.loaded_dbapi.Error
     try:
         with engine.connect() as conn:
-            if write and is_sqlite(engine):
-                conn.execution_options(sqlite_immediate=True)
+            if write and is_sqlite(engine):  # the write lock first: a read-then-write never fails to upgrade it
+                conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE")
             with conn.begin():
                 yield conn
     except sa_exc.SQLAlchemyError as exc:

@@ -17,7 +17,8 @@ from sqlalchemy import Connection, bindparam, delete, func, insert, select, upda
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .engine import Prepared
-from .tables import faces, galleries, gallery_embedders as ge, people
+from .tables import faces, galleries, people
+from .tables import gallery_embedders as ge
 
 
 @dataclass
