@@ -148,61 +148,133 @@ def db_error(exc: BaseException, what: str = "database") -> FaceRecError:
     return FaceRecError(f"{what} error: {text[:500]}")
 
 
+class WriteTx:
+    """A write transaction on a pooled driver connection (:func:`write_transaction`): :class:`Prepared` statements
+    run on it directly; Core statements through :meth:`execute` or :attr:`conn`, a SQLAlchemy connection in the
+    same transaction, made on first use."""
+
+    def __init__(self, engine: Engine, driver: Any):
+        self.engine, self.dialect, self.driver = engine, engine.dialect, driver
+        self._conn: Connection | None = None
+
+    @property
+    def conn(self) -> Connection:
+        if self._conn is None:  # SQLAlchemy begins on the driver's open transaction (SQLite: see _do_begin)
+            self._conn = Connection(self.engine, connection=self.driver)
+        return self._conn
+
+    @property
+    def connection(self) -> Any:
+        """The pooled driver connection (as :attr:`Connection.connection`)."""
+        return self.driver
+
+    def execute(self, statement: Any, *args: Any, **kw: Any) -> Any:
+        return self.conn.execute(statement, *args, **kw)
+
+
+#: where a statement runs: a connection in its transaction, or a write transaction
+Conn = Connection | WriteTx
+
+
+def driver_cursor(conn: Conn) -> Any:
+    """A cursor of the driver's connection under ``conn``, in its transaction."""
+    return conn.connection.dbapi_connection.cursor()
+
+
 class Prepared:
-    """A Core statement compiled once per dialect and run on the driver's own cursor of a connection, inside that
-    connection's transaction: for the hot statements of a write, where SQLAlchemy's work per execution costs
-    several times what SQLite needs to run them.  Parameters and results pass untouched, so only for columns
-    whose type processes nothing (ids, names, counts); a driver error is turned into a typed error by
-    :func:`transaction`."""
+    """A Core statement compiled once per dialect and run on the driver's own cursor, inside the transaction of
+    ``conn`` (a connection or a :class:`WriteTx`): for the hot statements of a write, where SQLAlchemy's work per
+    execution costs several times what SQLite needs to run them.  Parameters and results pass untouched, so
+    only for columns whose type processes nothing (ids, names, counts); a driver error is turned into a typed
+    error by :func:`transaction` and :func:`write_transaction`."""
 
     def __init__(self, statement: Executable):
         self.statement = statement
-        self._compiled: dict[str, tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
+        self._compiled: dict[str, tuple[str, Any]] = {}
 
-    def _for(self, dialect: Dialect) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
+    def _for(self, dialect: Dialect) -> tuple[str, Any]:
+        """The SQL and a function from the parameters to the driver's arguments."""
         got = self._compiled.get(dialect.name)
         if got is None:
             compiled = self.statement.compile(dialect=dialect)
-            order = tuple(compiled.positiontup or ()) if dialect.positional else None
             fixed = {name: b.effective_value for b, name in compiled.bind_names.items() if not b.required}
-            got = self._compiled[dialect.name] = (compiled.string, order, fixed)
+            order = tuple(compiled.positiontup or ()) if dialect.positional else None
+
+            def args(params: Mapping[str, Any]) -> Any:
+                values = {**fixed, **params} if fixed else params
+                return values if order is None else tuple([values[name] for name in order])
+
+            got = self._compiled[dialect.name] = (compiled.string, args)
         return got
 
-    def _args(self, dialect: Dialect, params: Mapping[str, Any]) -> tuple[str, Any]:
-        sql, order, fixed = self._for(dialect)
-        values = {**fixed, **params} if fixed else params
-        return sql, (tuple(values[name] for name in order) if order is not None else values)
-
-    def __call__(self, conn: Connection, **params: Any) -> Any:
+    def __call__(self, conn: Conn, **params: Any) -> Any:
         """Run it; the driver's cursor, to fetch from."""
-        sql, args = self._args(conn.dialect, params)
-        cursor = conn.connection.dbapi_connection.cursor()
-        cursor.execute(sql, args)
+        sql, args = self._for(conn.dialect)
+        cursor = driver_cursor(conn)
+        cursor.execute(sql, args(params))
         return cursor
 
-    def many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    def many(self, conn: Conn, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run it once per row of parameters (the driver's ``executemany``)."""
         if rows:
-            sql, _ = self._args(conn.dialect, rows[0])
-            cursor = conn.connection.dbapi_connection.cursor()
-            cursor.executemany(sql, [self._args(conn.dialect, r)[1] for r in rows])
+            sql, args = self._for(conn.dialect)
+            driver_cursor(conn).executemany(sql, [args(r) for r in rows])
+
+
+def _typed(exc: BaseException, engine: Engine, what: str) -> FaceRecError | None:
+    """The typed error of a SQLAlchemy or driver error (None: neither)."""
+    driver_error = engine.dialect.loaded_dbapi.Error
+    if isinstance(exc, driver_error):  # from a Prepared statement: wrapped as SQLAlchemy would have
+        exc = sa_exc.DBAPIError.instance(None, None, exc, driver_error)
+    return db_error(exc, what) if isinstance(exc, sa_exc.SQLAlchemyError) else None
 
 
 @contextmanager
 def transaction(engine: Engine, what: str = "database", *, write: bool = True) -> Iterator[Connection]:
     """One transaction (a write on SQLite: ``BEGIN IMMEDIATE``), committed on success, rolled back on any
     exception; driver errors become typed errors (:func:`db_error`)."""
-    driver_error = engine.dialect.loaded_dbapi.Error
     try:
         with engine.connect() as conn:
             if write and is_sqlite(engine):  # the write lock first: a read-then-write never fails to upgrade it
                 conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE")
             with conn.begin():
                 yield conn
-    except sa_exc.SQLAlchemyError as exc:
-        raise db_error(exc, what) from exc
-    except driver_error as exc:  # from a Prepared statement: wrapped as SQLAlchemy would have
-        raise db_error(sa_exc.DBAPIError.instance(None, None, exc, driver_error), what) from exc
+    except Exception as exc:
+        typed = _typed(exc, engine, what)
+        if typed is None:
+            raise
+        raise typed from exc
+
+
+@contextmanager
+def write_transaction(engine: Engine, what: str = "database", factory: Any = WriteTx) -> Iterator[Any]:
+    """:func:`transaction` for a write, on a pooled driver connection: ``factory(engine, driver connection)``
+    (a :class:`WriteTx`), committed on success, rolled back on any exception.  Skips SQLAlchemy's connection and
+    transaction objects unless a Core statement needs them: a small write's own cost on SQLite is less than
+    theirs."""
+    try:
+        driver = engine.raw_connection()
+        tx = factory(engine, driver)
+        try:
+            if is_sqlite(engine):  # the write lock first
+                driver.dbapi_connection.execute("BEGIN IMMEDIATE")
+            yield tx
+            if tx._conn is not None:
+                tx._conn.commit()
+            driver.commit()
+        except BaseException:
+            driver.rollback()
+            raise
+        finally:
+            if tx._conn is not None:
+                tx._conn.close()  # returns the driver connection to the pool
+            else:
+                driver.close()
+    except Exception as exc:
+        typed = _typed(exc, engine, what)
+        if typed is None:
+            raise
+        raise typed from exc
 
 
 def read(engine: Engine, what: str = "database") -> Any:

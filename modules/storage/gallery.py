@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import ConfigError, ConflictError, FaceNotFoundError, InvalidRequestError
 from ..face import Candidate
-from .engine import Prepared, get_engine, read, safe_url, transaction
+from .engine import Conn, Prepared, get_engine, read, safe_url, write_transaction
 from .maintenance import Maintenance
 from .migrate import prepare
 from .records import (DEFAULT_ANN_THRESHOLD, FaceInfo, GalleryInfo, NewFace, PersonInfo, as_queries, face_not_found,
@@ -101,7 +101,7 @@ class GalleryStore(Maintenance):
                               f" supports ({self.LEGACY_SCHEMA}); upgrade the code")
         return None if version is None else "gallery_0001"
 
-    def _next_generation(self, conn: Connection) -> int:
+    def _next_generation(self, conn: Conn) -> int:
         return int(self._new_generation(conn).fetchone()[0])
 
     def _generation(self, conn: Connection) -> int:
@@ -134,14 +134,14 @@ class GalleryStore(Maintenance):
     def _write(self) -> Iterator[Tx]:
         """One write transaction with a new generation, stamped on the galleries it touched (with the change of
         their count of people with faces)."""
-        with transaction(self.engine, "gallery database") as conn:
-            tx = Tx(conn, self._next_generation(conn))
+        with write_transaction(self.engine, "gallery database", Tx) as tx:
+            tx.generation = self._next_generation(tx)
             yield tx
             for gid in sorted(tx.touched):
-                STAMP(conn, gid=gid, gen=tx.generation, with_faces=tx.with_faces.get(gid, 0))
+                STAMP(tx, gid=gid, gen=tx.generation, with_faces=tx.with_faces.get(gid, 0))
         self._after_commit(tx)
 
-    def _gallery_id(self, conn: Connection, name: str, *, lock: bool = False, create_at: int | None = None) -> int:
+    def _gallery_id(self, conn: Conn, name: str, *, lock: bool = False, create_at: int | None = None) -> int:
         """The gallery's id (its row locked if ``lock``; created at generation ``create_at`` if missing)."""
         row = (GALLERY_ID_LOCKED if lock else GALLERY_ID)(conn, name=name).fetchone()
         gid = None if row is None else row[0]
@@ -153,23 +153,23 @@ class GalleryStore(Maintenance):
             raise gallery_not_found(name)
         return int(gid)
 
-    def _insert_gallery(self, conn: Connection, name: str, generation: int) -> int | None:
+    def _insert_gallery(self, conn: Conn, name: str, generation: int) -> int | None:
         """The new gallery's id; None if one of that name exists."""
         return conn.execute(self._insert(galleries).values(name=name, generation=generation)
                             .on_conflict_do_nothing(index_elements=["name"]).returning(galleries.c.id)).scalar()
 
     @staticmethod
-    def _person_row(conn: Connection, gid: int, gallery: str, name: str) -> Sequence[Any]:
+    def _person_row(conn: Conn, gid: int, gallery: str, name: str) -> Sequence[Any]:
         row = conn.execute(_PERSON, {"gid": gid, "name": name}).first()
         if row is None:
             raise person_not_found(gallery, name)
         return row
 
     @staticmethod
-    def _embedders(conn: Connection, gid: int) -> dict[tuple[str, int], int]:
+    def _embedders(conn: Conn, gid: int) -> dict[tuple[str, int], int]:
         return {(e, int(d)): int(n) for e, d, n in EMBEDDERS(conn, gid=gid).fetchall()}
 
-    def _scope(self, conn: Connection, gallery: str | None, lock: bool = False) -> tuple[list[int], dict[int, str]]:
+    def _scope(self, conn: Conn, gallery: str | None, lock: bool = False) -> tuple[list[int], dict[int, str]]:
         """The gallery ids in scope (one or all) and their names; rows locked in id order if asked."""
         q = select(galleries.c.id, galleries.c.name).order_by(galleries.c.id)
         if gallery is not None:
@@ -307,9 +307,9 @@ class GalleryStore(Maintenance):
         gallery = validate_name(gallery, "gallery name")
         name = validate_name(name, "person name")
         with self._write() as tx:
-            gid = self._gallery_id(tx.conn, gallery, lock=True)
-            person_faces_deleting(tx.conn, gid, name)
-            row = DELETE_PERSON(tx.conn, gid=gid, name=name).fetchone()
+            gid = self._gallery_id(tx, gallery, lock=True)
+            person_faces_deleting(tx, gid, name)
+            row = DELETE_PERSON(tx, gid=gid, name=name).fetchone()
             if row is None:
                 raise person_not_found(gallery, name)
             tx.touch(gid, with_faces=-1 if row[1] else 0)
@@ -329,7 +329,7 @@ class GalleryStore(Maintenance):
         items, embedder, dim = validate_enrollment(faces_by_person)
         names = list(items)
         with self._write() as tx:
-            conn = tx.conn
+            conn = tx
             gid = self._gallery_id(conn, gallery, lock=True, create_at=tx.generation if create_missing else None)
             stored = self._embedders(conn, gid)
             if stored and set(stored) != {(embedder, dim)}:
@@ -349,7 +349,7 @@ class GalleryStore(Maintenance):
             tx.touch(gid, grew=True, with_faces=len(missing) + sum(1 for _, n in known.values() if n == 0))
         return {p: [next(ids) for _ in items[p]] for p in names}
 
-    def _insert_faces(self, conn: Connection, gid: int, gen: int, rows: list[tuple[int, Any]]) -> list[int]:
+    def _insert_faces(self, conn: Conn, gid: int, gen: int, rows: list[tuple[int, Any]]) -> list[int]:
         """Insert ``(person id, ValidFace)`` rows; their new ids, in order."""
         return self._insert_ids(conn, faces, [
             {"person_id": pid, "gallery_id": gid, "embedder": f.embedder, "dim": f.dim, "embedding": f.embedding,
@@ -358,7 +358,7 @@ class GalleryStore(Maintenance):
             for pid, f in rows
         ])
 
-    def _people_ids(self, conn: Connection, gid: int, names: list[str]) -> dict[str, tuple[int, int]]:
+    def _people_ids(self, conn: Conn, gid: int, names: list[str]) -> dict[str, tuple[int, int]]:
         """``{name: (id, number of faces)}`` of the gallery's people among ``names``."""
         found: dict[str, tuple[int, int]] = {}
         for s in range(0, len(names), 500):
@@ -367,7 +367,7 @@ class GalleryStore(Maintenance):
                 .where(people.c.gallery_id == gid, people.c.name.in_(names[s : s + 500]))))
         return found
 
-    def _insert_ids(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> list[int]:
+    def _insert_ids(self, conn: Conn, table: Any, rows: list[dict[str, Any]]) -> list[int]:
         """Insert ``rows`` (all with the same keys) into ``table``; their new ids, in order."""
         result = conn.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
         return [int(r[0]) for r in result]
@@ -383,7 +383,7 @@ class GalleryStore(Maintenance):
             ).all()
         return [_face_info(r) for r in rows]
 
-    def _face_row(self, conn: Connection, face_id: Any, gallery: str | None, columns: Sequence[Any],
+    def _face_row(self, conn: Conn, face_id: Any, gallery: str | None, columns: Sequence[Any],
                   lock: bool = False) -> Sequence[Any]:
         fid = parse_face_id(face_id)
         if gallery is not None:
@@ -417,10 +417,10 @@ class GalleryStore(Maintenance):
 
     def delete_face(self, face_id: int, *, gallery: str | None = None) -> None:
         with self._write() as tx:
-            fid, gid, pid = self._face_row(tx.conn, face_id, gallery, (faces.c.id, faces.c.gallery_id,
-                                                                        faces.c.person_id), lock=True)
-            with_faces = face_deleting(tx.conn, gid, fid, pid)
-            tx.conn.execute(delete(faces).where(faces.c.id == fid))
+            fid, gid, pid = self._face_row(tx, face_id, gallery, (faces.c.id, faces.c.gallery_id, faces.c.person_id),
+                                           lock=True)
+            with_faces = face_deleting(tx, gid, fid, pid)
+            tx.execute(delete(faces).where(faces.c.id == fid))
             tx.touch(gid, with_faces=with_faces)
 
     def find_faces_by_source_sha256(self, gallery: str, sha256: str) -> list[int]:

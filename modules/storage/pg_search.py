@@ -18,7 +18,7 @@ from sqlalchemy import Connection, exc as sa_exc, insert, text
 
 from ..errors import ConfigError, FaceRecError
 from ..face import Candidate
-from .engine import Prepared, db_error, safe_url
+from .engine import Conn, Prepared, db_error, safe_url
 from .gallery import GalleryStore, Tx
 from .records import as_queries, gallery_not_found, mismatch_error, validate_name
 
@@ -126,18 +126,18 @@ class PostgresGallery(GalleryStore):
         super().close()
 
     @staticmethod
-    def _new_ids(conn: Connection, table: str, n: int) -> list[int]:
+    def _new_ids(conn: Conn, table: str, n: int) -> list[int]:
         """``n`` ids drawn from ``table``'s identity sequence, in order."""
         sql = f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) FROM generate_series(1, :n)"
         drawn = conn.execute(text(sql), {"n": n})
         return [int(i) for i in drawn.scalars()]
 
-    def _people_ids(self, conn: Connection, gid: int, names: list[str]) -> dict[str, tuple[int, int]]:
+    def _people_ids(self, conn: Conn, gid: int, names: list[str]) -> dict[str, tuple[int, int]]:
         """One ``= ANY(text[])`` lookup (a long ``IN`` list of varchar parameters makes PostgreSQL scan the table)."""
         rows = _PEOPLE_AMONG(conn, gid=gid, names=names).fetchall()
         return {name: (int(pid), int(n)) for name, pid, n in rows}
 
-    def _insert_ids(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> list[int]:
+    def _insert_ids(self, conn: Conn, table: Any, rows: list[dict[str, Any]]) -> list[int]:
         """Ids drawn first, then one batched insert (a ``RETURNING`` kept in row order would cost a statement a
         row)."""
         ids = self._new_ids(conn, table.name, len(rows))
@@ -145,7 +145,7 @@ class PostgresGallery(GalleryStore):
             conn.execute(insert(table), [{**r, "id": i} for r, i in zip(rows, ids)])
         return ids
 
-    def _insert_faces(self, conn: Connection, gid: int, gen: int, rows: list[tuple[int, Any]]) -> list[int]:
+    def _insert_faces(self, conn: Conn, gid: int, gen: int, rows: list[tuple[int, Any]]) -> list[int]:
         """Bulk loading through ``COPY`` (ids drawn from the sequence first), in the same transaction."""
         ids = self._new_ids(conn, "faces", len(rows))
         now = datetime.now(timezone.utc)

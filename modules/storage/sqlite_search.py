@@ -26,7 +26,7 @@ from sqlalchemy import Connection, LargeBinary, select, text, type_coerce
 
 from ..face import Candidate
 from .ann import AnnIndex, HnswParams, NeedsRebuild, RWLock
-from .engine import database_url
+from .engine import Conn, database_url, driver_cursor
 from .gallery import GalleryStore
 from .records import gallery_not_found, mismatch_error, validate_name
 from .tables import faces, galleries, people
@@ -153,7 +153,7 @@ class SQLiteGallery(GalleryStore):
         return f"SQLiteGallery({str(self.path)!r})"
 
     # --- the store's hooks -----------------------------------------------------------------------------
-    def _insert_ids(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> list[int]:
+    def _insert_ids(self, conn: Conn, table: Any, rows: list[dict[str, Any]]) -> list[int]:
         """One driver ``executemany`` (SQLite cannot batch ``RETURNING``: SQLAlchemy would send a statement a
         row).  The write transaction is ``BEGIN IMMEDIATE``, so no one else inserts meanwhile: the new rows are
         those above the previous largest id, in insertion order."""
@@ -170,7 +170,7 @@ class SQLiteGallery(GalleryStore):
             for i, p in processed:
                 row[i] = p(row[i])
             values.append(row)
-        cursor = conn.connection.dbapi_connection.cursor()  # plain SQL on the driver: no statement to build
+        cursor = driver_cursor(conn)  # plain SQL on the driver: no statement to build
         before = cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table.name}").fetchone()[0]
         cursor.executemany(f"INSERT INTO {table.name} ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
                            values)
@@ -179,9 +179,9 @@ class SQLiteGallery(GalleryStore):
             raise RuntimeError(f"inserted {len(rows)} rows into {table.name} but found {len(ids)} new ids")
         return ids
 
-    def _people_ids(self, conn: Connection, gid: int, names: list[str]) -> dict[str, tuple[int, int]]:
+    def _people_ids(self, conn: Conn, gid: int, names: list[str]) -> dict[str, tuple[int, int]]:
         """``{name: (id, number of faces)}`` of the gallery's people among ``names`` (plain SQL, a chunk a time)."""
-        cursor = conn.connection.dbapi_connection.cursor()
+        cursor = driver_cursor(conn)
         found: dict[str, tuple[int, int]] = {}
         for s in range(0, len(names), 500):
             chunk = names[s : s + 500]
@@ -195,14 +195,14 @@ class SQLiteGallery(GalleryStore):
     LEGACY_TABLE, LEGACY_SCHEMA = "meta", 2
     LEGACY_VERSION_SQL = "SELECT value FROM meta WHERE key = 'schema_version'"
 
-    def _next_generation(self, conn: Connection) -> int:
+    def _next_generation(self, conn: Conn) -> int:
         generation = super()._next_generation(conn)
         if generation % 1024 == 0:
             self._prune_deletions(conn)
         return generation
 
     @staticmethod
-    def _prune_deletions(conn: Connection, keep: int = DELETIONS_KEEP) -> None:
+    def _prune_deletions(conn: Conn, keep: int = DELETIONS_KEEP) -> None:
         """Keep the newest ``keep`` deletion records; an index older than the horizon is rebuilt."""
         if conn.execute(text("SELECT COUNT(*) FROM face_deletions")).scalar() <= keep:
             return

@@ -10,26 +10,26 @@ change of ``people_with_faces`` rides on the gallery's generation stamp.  Every 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import Engine, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .engine import Prepared
+from .engine import Conn, Prepared, WriteTx
 from .tables import faces, galleries, people
 from .tables import gallery_embedders as ge
 
 
-@dataclass
-class Tx:
-    """A write transaction: its connection, its generation and the galleries it changed."""
+class Tx(WriteTx):
+    """A write transaction (:func:`~modules.storage.engine.write_transaction`), its generation and the galleries
+    it changed."""
 
-    conn: Connection
-    generation: int
-    touched: set[int] = field(default_factory=set)
-    grew: set[int] = field(default_factory=set)  # galleries that got faces (PostgreSQL: may need their HNSW index now)
-    with_faces: dict[int, int] = field(default_factory=dict)  # change of people_with_faces per gallery
+    def __init__(self, engine: Engine, driver: Any):
+        super().__init__(engine, driver)
+        self.generation = 0
+        self.touched: set[int] = set()
+        self.grew: set[int] = set()  # galleries that got faces (PostgreSQL: may need their HNSW index now)
+        self.with_faces: dict[int, int] = {}  # change of people_with_faces per gallery
 
     def touch(self, gallery_id: int, grew: bool = False, with_faces: int = 0) -> None:
         gid = int(gallery_id)
@@ -85,29 +85,29 @@ _LESS_OF_PERSON = _less_of_embedders(faces.c.person_id == _PERSON_BY_NAME.scalar
 _LESS_OF_FACE = _less_of_embedders(faces.c.id == bindparam("fid"))
 
 
-def faces_added(conn: Connection, gid: int, embedder: str, dim: int, n: int) -> None:
+def faces_added(conn: Conn, gid: int, embedder: str, dim: int, n: int) -> None:
     """Count ``n`` new faces of ``(embedder, dim)`` in gallery ``gid``."""
     _MORE_OF_EMBEDDER[conn.dialect.name](conn, gid=gid, embedder=embedder, dim=dim, n=n)
 
 
-def _less(conn: Connection, statement: Prepared, gid: int, **params: Any) -> None:
+def _less(conn: Conn, statement: Prepared, gid: int, **params: Any) -> None:
     if any(n <= 0 for (n,) in statement(conn, gid=gid, **params).fetchall()):
         _PRUNE(conn, gid=gid)
 
 
-def person_faces_deleting(conn: Connection, gid: int, name: str) -> None:
+def person_faces_deleting(conn: Conn, gid: int, name: str) -> None:
     """Uncount the faces of person ``name`` of gallery ``gid``, about to be deleted with them."""
     _less(conn, _LESS_OF_PERSON, gid, name=name)
 
 
-def face_deleting(conn: Connection, gid: int, face_id: int, person_id: int) -> int:
+def face_deleting(conn: Conn, gid: int, face_id: int, person_id: int) -> int:
     """Uncount face ``face_id`` of gallery ``gid``, about to be deleted; the change of ``people_with_faces``."""
     _less(conn, _LESS_OF_FACE, gid, fid=face_id)
     (left,) = LESS_FACES(conn, pid=person_id).fetchone()
     return -1 if left == 0 else 0
 
 
-def recount(conn: Connection, gids: Iterable[int]) -> None:
+def recount(conn: Conn, gids: Iterable[int]) -> None:
     """Count again every counter of galleries ``gids`` from their faces (after a change of many faces)."""
     gids = sorted(gids)
     if not gids:
@@ -123,6 +123,6 @@ def recount(conn: Connection, gids: Iterable[int]) -> None:
         people.c.gallery_id == galleries.c.id, people.c.num_faces > 0).scalar_subquery()))
 
 
-def more_faces(conn: Connection, counts: Mapping[int, int]) -> None:
+def more_faces(conn: Conn, counts: Mapping[int, int]) -> None:
     """Add ``{person id: new faces}`` to the people's counts."""
     MORE_FACES.many(conn, [{"pid": pid, "n": n} for pid, n in counts.items()])
