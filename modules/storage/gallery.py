@@ -339,15 +339,18 @@ class GalleryStore(Maintenance):
             if missing and not create_missing:
                 raise person_not_found(gallery, missing[0])
             pids = {n: pid for n, (pid, _) in known.items()}
-            if missing:  # inserted with their count of faces
-                new = self._insert_ids(conn, people, [{"gallery_id": gid, "name": n, "num_faces": len(items[n])}
-                                                      for n in missing])
-                pids.update(zip(missing, new))
+            if missing:
+                pids.update(self._insert_people(conn, gid, {n: len(items[n]) for n in missing}))
             more_faces(conn, {pid: len(items[n]) for n, (pid, _) in known.items()})
             ids = iter(self._insert_faces(conn, gid, tx.generation, [(pids[p], f) for p in names for f in items[p]]))
             faces_added(conn, gid, embedder, dim, sum(len(v) for v in items.values()))
             tx.touch(gid, grew=True, with_faces=len(missing) + sum(1 for _, n in known.values() if n == 0))
         return {p: [next(ids) for _ in items[p]] for p in names}
+
+    def _insert_people(self, conn: Conn, gid: int, counts: Mapping[str, int]) -> dict[str, int]:
+        """Insert new people ``{name: number of faces}`` into gallery ``gid`` (with their count); their ids."""
+        ids = self._insert_ids(conn, people, [{"gallery_id": gid, "name": n, "num_faces": k} for n, k in counts.items()])
+        return dict(zip(counts, ids))
 
     def _insert_faces(self, conn: Conn, gid: int, gen: int, rows: list[tuple[int, Any]]) -> list[int]:
         """Insert ``(person id, ValidFace)`` rows; their new ids, in order."""
