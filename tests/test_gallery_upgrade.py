@@ -99,6 +99,7 @@ def test_previous_version_gallery_is_upgraded_in_place(backend, request):
     else:
         assert store.integrity_check() == []
         assert [r[0] for r in query_all(store, "SELECT face_id FROM face_deletions ORDER BY 1")] == [1, 2, 3]  # log kept
+        assert "WITHOUT ROWID" in query_all(store, "SELECT sql FROM sqlite_master WHERE name = 'face_deletions'")[0][0]
         assert query_all(store, "SELECT value FROM meta WHERE key = 'schema_version'") == []
     store.close()
     again = open_gallery(url, ann_threshold=None)  # a second open finds it up to date
@@ -112,7 +113,13 @@ def test_counters_kept_by_triggers_are_taken_over_by_the_writes(backend, request
     keep them, and answers the same."""
     url = str(request.getfixturevalue("sqlite_v2" if backend == "sqlite" else "pg_v1"))
     migrate_to(url, "gallery_0002")
+    log = "SELECT gen, face_id FROM face_deletions ORDER BY 1, 2"
+    if backend == "sqlite":
+        with sqlite3.connect(url) as conn:
+            logged = conn.execute(log).fetchall()
     store = open_gallery(url, ann_threshold=None)
+    if backend == "sqlite":  # the deletion log, moved into its one-B-tree table, is kept
+        assert logged and query_all(store, log) == logged
     assert query_all(store, "SELECT version_num FROM facerec_schema") == [(head("gallery"),)]
     assert triggers(store) == ({"faces_log_delete"} if backend == "sqlite" else set())
     check_counters(store)

@@ -256,7 +256,7 @@ def write_transaction(engine: Engine, what: str = "database", factory: Any = Wri
         driver = engine.raw_connection()
         tx = factory(engine, driver)
         try:
-            if is_sqlite(engine):  # the write lock first
+            if engine.dialect.name == "sqlite":  # the write lock first
                 driver.dbapi_connection.execute("BEGIN IMMEDIATE")
             yield tx
             if tx._conn is not None:

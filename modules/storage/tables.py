@@ -126,8 +126,9 @@ gallery_embedders = Table(
 
 # SQLite only: the generation counter and the deletion log
 meta = Table("meta", metadata, Column("key", Text, primary_key=True), Column("value", Integer, nullable=False))
-face_deletions = Table("face_deletions", metadata, Column("gen", Integer, nullable=False, index=True),
-                       Column("face_id", Integer, nullable=False))
+face_deletions = Table("face_deletions", metadata, Column("gen", Integer, primary_key=True, autoincrement=False),
+                       Column("face_id", Integer, primary_key=True, autoincrement=False),
+                       sqlite_with_rowid=False)  # one B-tree, ordered by generation
 
 COMMON = (galleries, people, faces, gallery_embedders)
 TABLES = {"sqlite": (*COMMON, meta, face_deletions), "postgresql": COMMON}

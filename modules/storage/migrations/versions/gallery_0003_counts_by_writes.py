@@ -1,15 +1,16 @@
 """gallery: the counters are kept by the writes, no longer by triggers.
 
-A trigger a face row (SQLite) cost every enrollment and deletion several statements and a statement journal
-per face; the writes now keep ``people.num_faces``, ``galleries.people_with_faces`` and ``gallery_embedders``
-in their own transaction (:mod:`modules.storage.writes`).  The counts themselves are unchanged.  SQLite keeps
-one trigger, the change log of deleted faces; PostgreSQL drops its trigger functions too.
+SQLite's row triggers ran several statements, and a statement journal, for every face enrolled or deleted;
+the writes now keep ``people.num_faces``, ``galleries.people_with_faces`` and ``gallery_embedders`` in their
+own transaction, a statement per change (:mod:`modules.storage.writes`).  The counts themselves are unchanged.
+SQLite keeps one trigger, the change log of deleted faces, whose table becomes one B-tree (``WITHOUT ROWID``,
+keyed by generation and face); PostgreSQL drops its trigger functions too.
 
 Revision ID: gallery_0003
 """
 from alembic import op
 
-from modules.storage.tables import LOG_DELETIONS
+from modules.storage.tables import LOG_DELETIONS, face_deletions
 
 revision = "gallery_0003"
 down_revision = "gallery_0002"
@@ -29,4 +30,9 @@ def upgrade() -> None:
         return
     for trigger in (*_COUNTERS, "faces_log_delete"):
         op.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+    # the deletion log becomes one B-tree keyed (gen, face_id): a deletion writes one page of it, not two
+    op.rename_table("face_deletions", "face_deletions_old")
+    face_deletions.create(op.get_bind())
+    op.execute("INSERT OR IGNORE INTO face_deletions (gen, face_id) SELECT gen, face_id FROM face_deletions_old")
+    op.drop_table("face_deletions_old")
     op.execute(LOG_DELETIONS)
