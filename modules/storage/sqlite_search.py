@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 from filelock import FileLock
-from sqlalchemy import Connection, LargeBinary, select, text, type_coerce
+from sqlalchemy import LargeBinary, select, text, type_coerce
 
 from ..face import Candidate
 from .ann import AnnIndex, HnswParams, NeedsRebuild, RWLock
@@ -249,8 +249,8 @@ class SQLiteGallery(GalleryStore):
         """The gallery's search structure, brought up to date only if its generation moved."""
         if os.getpid() != self._pid:
             self._after_fork()
-        with self._read() as conn:  # the hot path of every search: plain SQL, no statement to build
-            row = conn.exec_driver_sql("SELECT id, generation FROM galleries WHERE name = ?", (gallery,)).first()
+        with self._read() as conn:  # the hot path of every search: plain SQL on the driver, no statement to build
+            row = driver_cursor(conn).execute("SELECT id, generation FROM galleries WHERE name = ?", (gallery,)).fetchone()
         gid, gen = (int(row[0]), int(row[1])) if row is not None else (None, -1)
         old = self._cache_ids.get(gallery)
         if old is not None and old != gid:  # deleted (and maybe created again) by any process: let its index go
@@ -442,10 +442,12 @@ class SQLiteGallery(GalleryStore):
         picks = [p[:top_k] for p in picks]
         person_ids = sorted({pid for row in picks for pid, _, _ in row})
         names: dict[int, str] = {}
-        with self._read() as conn:
+        with self._read() as conn:  # plain SQL on the driver, a chunk of ids a time
+            cursor = driver_cursor(conn)
             for s in range(0, len(person_ids), 500):
-                names.update(conn.execute(select(people.c.id, people.c.name)
-                                          .where(people.c.id.in_(person_ids[s : s + 500]))).all())
+                chunk = person_ids[s : s + 500]
+                names.update(cursor.execute(f"SELECT id, name FROM people WHERE id IN ({', '.join('?' * len(chunk))})",
+                                            chunk))
         return [
             [Candidate(person=names[pid], similarity=float(np.clip(sim, -1.0, 1.0)), person_id=pid, face_id=fid)
              for pid, fid, sim in row if pid in names]  # (a person deleted since the generation check is left out)
