@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 from filelock import FileLock
-from sqlalchemy import LargeBinary, select, text, type_coerce
+from sqlalchemy import LargeBinary, bindparam, select, text, type_coerce
 
 from ..face import Candidate
 from .ann import AnnIndex, HnswParams, NeedsRebuild, RWLock
-from .engine import Conn, database_url, driver_cursor
+from .engine import Conn, Prepared, database_url, driver_cursor
 from .gallery import GalleryStore
 from .records import gallery_not_found, mismatch_error, validate_name
 from .tables import faces, galleries, people
@@ -120,6 +120,13 @@ def _vectors(rows: Sequence[Sequence[Any]], dim: int) -> np.ndarray:
 
 
 _FACE_ROWS = (faces.c.id, faces.c.person_id, faces.c.embedder, faces.c.dim, type_coerce(faces.c.embedding, LargeBinary))
+# a gallery whole, on the driver's cursor (plain rows, no SQLAlchemy row per face); walks the faces_person index
+# (person_id, gallery_id, id) in order: no sort of the BLOBs
+_NAMES = Prepared(select(people.c.id, people.c.name).where(people.c.gallery_id == bindparam("gid")))
+_MATRIX_ROWS = Prepared(select(*_FACE_ROWS).where(
+    faces.c.gallery_id == bindparam("gid"),
+    faces.c.person_id.in_(select(people.c.id).where(people.c.gallery_id == bindparam("gid")))
+).order_by(faces.c.person_id, faces.c.id))
 
 
 class SQLiteGallery(GalleryStore):
@@ -297,10 +304,8 @@ class SQLiteGallery(GalleryStore):
             if row is None:
                 raise gallery_not_found(gallery)
             gid = int(row[0])
-            names = dict(conn.execute(select(people.c.id, people.c.name).where(people.c.gallery_id == gid)).all())
-            in_gallery = faces.c.person_id.in_(select(people.c.id).where(people.c.gallery_id == gid))
-            # walks the faces_person index in order: no sort of the BLOBs
-            rows = conn.execute(select(*_FACE_ROWS).where(in_gallery).order_by(faces.c.person_id, faces.c.id)).all()
+            names = dict(_NAMES(conn, gid=gid).fetchall())
+            rows = _MATRIX_ROWS(conn, gid=gid).fetchall()
         return _Matrix.of(gid, int(row[1]), rows, names)
 
     def _stamp(self, gid: int) -> dict[str, Any]:
