@@ -7,6 +7,7 @@ the gallery's generation stamp; the cache is refreshed only when it moved (so ot
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import logging
 import os
@@ -120,6 +121,18 @@ def _vectors(rows: Sequence[Sequence[Any]], dim: int) -> np.ndarray:
 
 
 _FACE_ROWS = (faces.c.id, faces.c.person_id, faces.c.embedder, faces.c.dim, type_coerce(faces.c.embedding, LargeBinary))
+@functools.cache
+def _inserter(dialect: Any, table: Any, keys: tuple[str, ...]) -> tuple[str, Any, list[tuple[int, Any]], Any]:
+    """For :meth:`SQLiteGallery._insert_ids`: the ``INSERT`` of ``keys`` and ``created_at``, a getter of the keys'
+    values, and the columns' own bind processing (embedding -> float32 BLOB, timestamp -> ISO text) for the
+    keys that have one (their position) and for ``created_at``."""
+    columns = [*keys, "created_at"]
+    insert = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    processed = [(i, p) for i, k in enumerate(keys) if (p := table.c[k].type.bind_processor(dialect))]
+    get = itemgetter(*keys) if len(keys) > 1 else (lambda row: (row[keys[0]],))
+    return insert, get, processed, table.c.created_at.type.bind_processor(dialect)
+
+
 # a gallery whole, on the driver's cursor (plain rows, no SQLAlchemy row per face); walks the faces_person index
 # (person_id, gallery_id, id) in order: no sort of the BLOBs
 _NAMES = Prepared(select(people.c.id, people.c.name).where(people.c.gallery_id == bindparam("gid")))
@@ -166,21 +179,16 @@ class SQLiteGallery(GalleryStore):
         those above the previous largest id, in insertion order."""
         if not rows:
             return []
-        keys = [*rows[0], "created_at"]
-        # the columns' own bind processing (embedding -> float32 BLOB, ...), for the columns that have one; the
-        # creation time, the same for all, processed once
-        processed = [(i, p) for i, k in enumerate(keys[:-1]) if (p := table.c[k].type.bind_processor(conn.dialect))]
-        stamp = table.c.created_at.type.bind_processor(conn.dialect)(datetime.now(timezone.utc))
-        get, values = itemgetter(*keys[:-1]), []
+        insert, get, processed, stamp = _inserter(conn.dialect, table, tuple(rows[0]))
+        now, values = stamp(datetime.now(timezone.utc)), []  # the creation time, the same for all, processed once
         for r in rows:
-            row = [*get(r), stamp]
-            for i, p in processed:
-                row[i] = p(row[i])
+            row = [*get(r), now]
+            for i, process in processed:
+                row[i] = process(row[i])
             values.append(row)
         cursor = driver_cursor(conn)  # plain SQL on the driver: no statement to build
         before = cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table.name}").fetchone()[0]
-        cursor.executemany(f"INSERT INTO {table.name} ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
-                           values)
+        cursor.executemany(insert, values)
         ids = [int(r[0]) for r in cursor.execute(f"SELECT id FROM {table.name} WHERE id > ? ORDER BY id", (before,))]
         if len(ids) != len(rows):  # pragma: no cover - would mean another writer inside our write lock
             raise RuntimeError(f"inserted {len(rows)} rows into {table.name} but found {len(ids)} new ids")
