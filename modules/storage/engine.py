@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -247,7 +247,8 @@ def transaction(engine: Engine, what: str = "database", *, write: bool = True) -
 
 
 @contextmanager
-def write_transaction(engine: Engine, what: str = "database", factory: Any = WriteTx) -> Iterator[Any]:
+def write_transaction(engine: Engine, what: str = "database",
+                      factory: Callable[[Engine, Any], WriteTx] = WriteTx) -> Iterator[Any]:
     """:func:`transaction` for a write, on a pooled driver connection: ``factory(engine, driver connection)``
     (a :class:`WriteTx`), committed on success, rolled back on any exception.  Skips SQLAlchemy's connection and
     transaction objects unless a Core statement needs them: a small write's own cost on SQLite is less than
@@ -263,7 +264,8 @@ def write_transaction(engine: Engine, what: str = "database", factory: Any = Wri
                 tx._conn.commit()
             driver.commit()
         except BaseException:
-            driver.rollback()
+            with suppress(engine.dialect.loaded_dbapi.Error):  # a broken connection: its error is the one to report
+                driver.rollback()
             raise
         finally:
             if tx._conn is not None:

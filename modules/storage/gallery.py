@@ -2,7 +2,8 @@
 :mod:`~modules.storage.sqlite_search` and :mod:`~modules.storage.pg_search` only search.
 
 Every write is one transaction (PostgreSQL locks the gallery's row: writes to one gallery are serialised,
-other galleries written in parallel) with a new generation, stamped on the galleries it changed.
+other galleries written in parallel) with a new generation, stamped on the galleries it changed; it keeps the
+gallery's counters itself and runs its hot statements on the driver (:mod:`~modules.storage.writes`).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from .records import (DEFAULT_ANN_THRESHOLD, FaceInfo, GalleryInfo, NewFace, Per
                       validate_embedder_id, validate_enrollment, validate_metadata, validate_name, validate_new_name,
                       validate_page, validate_top_k)
 from .tables import TABLES, faces, galleries, gallery_embedders as ge, people
-from .writes import (DELETE_PERSON, EMBEDDERS, GALLERY_ID, GALLERY_ID_LOCKED, STAMP, Tx, face_deleting, faces_added,
+from .writes import (DELETE_FACE, DELETE_PERSON, EMBEDDERS, GALLERY_ID, GALLERY_ID_LOCKED, STAMP, Tx, face_deleting, faces_added,
                      more_faces, person_faces_deleting)
 
 
@@ -329,21 +330,20 @@ class GalleryStore(Maintenance):
         items, embedder, dim = validate_enrollment(faces_by_person)
         names = list(items)
         with self._write() as tx:
-            conn = tx
-            gid = self._gallery_id(conn, gallery, lock=True, create_at=tx.generation if create_missing else None)
-            stored = self._embedders(conn, gid)
+            gid = self._gallery_id(tx, gallery, lock=True, create_at=tx.generation if create_missing else None)
+            stored = self._embedders(tx, gid)
             if stored and set(stored) != {(embedder, dim)}:
                 raise mismatch_error(gallery, stored, embedder, dim)
-            known = self._people_ids(conn, gid, names)  # name -> (id, faces)
+            known = self._people_ids(tx, gid, names)  # name -> (id, faces)
             missing = [n for n in names if n not in known]
             if missing and not create_missing:
                 raise person_not_found(gallery, missing[0])
             pids = {n: pid for n, (pid, _) in known.items()}
             if missing:
-                pids.update(self._insert_people(conn, gid, {n: len(items[n]) for n in missing}))
-            more_faces(conn, {pid: len(items[n]) for n, (pid, _) in known.items()})
-            ids = iter(self._insert_faces(conn, gid, tx.generation, [(pids[p], f) for p in names for f in items[p]]))
-            faces_added(conn, gid, embedder, dim, sum(len(v) for v in items.values()))
+                pids.update(self._insert_people(tx, gid, {n: len(items[n]) for n in missing}))
+            more_faces(tx, {pid: len(items[n]) for n, (pid, _) in known.items()})
+            ids = iter(self._insert_faces(tx, gid, tx.generation, [(pids[p], f) for p in names for f in items[p]]))
+            faces_added(tx, gid, embedder, dim, sum(len(v) for v in items.values()))
             tx.touch(gid, grew=True, with_faces=len(missing) + sum(1 for _, n in known.values() if n == 0))
         return {p: [next(ids) for _ in items[p]] for p in names}
 
@@ -423,7 +423,7 @@ class GalleryStore(Maintenance):
             fid, gid, pid = self._face_row(tx, face_id, gallery, (faces.c.id, faces.c.gallery_id, faces.c.person_id),
                                            lock=True)
             with_faces = face_deleting(tx, gid, fid, pid)
-            tx.execute(delete(faces).where(faces.c.id == fid))
+            DELETE_FACE(tx, fid=fid)
             tx.touch(gid, with_faces=with_faces)
 
     def find_faces_by_source_sha256(self, gallery: str, sha256: str) -> list[int]:

@@ -18,7 +18,7 @@ from .records import embed_crops, mismatch_error, uncroppable_error, validate_em
 from .tables import faces, gallery_embedders as ge, people
 from .writes import recount
 
-SCHEMA_VERSION = int(head("gallery").rsplit("_", 1)[1])  # gallery_0002 -> 2
+SCHEMA_VERSION = int(head("gallery").rsplit("_", 1)[1])  # gallery_0003 -> 3
 
 
 class Maintenance:

@@ -121,6 +121,8 @@ def _vectors(rows: Sequence[Sequence[Any]], dim: int) -> np.ndarray:
 
 
 _FACE_ROWS = (faces.c.id, faces.c.person_id, faces.c.embedder, faces.c.dim, type_coerce(faces.c.embedding, LargeBinary))
+
+
 @functools.cache
 def _inserter(dialect: Any, table: Any, keys: tuple[str, ...]) -> tuple[str, Any, list[tuple[int, Any]], Any]:
     """For :meth:`SQLiteGallery._insert_ids`: the ``INSERT`` of ``keys`` and ``created_at``, a getter of the keys'
