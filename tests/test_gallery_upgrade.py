@@ -115,8 +115,9 @@ def test_counters_kept_by_triggers_are_taken_over_by_the_writes(backend, request
     migrate_to(url, "gallery_0002")
     log = "SELECT gen, face_id FROM face_deletions ORDER BY 1, 2"
     if backend == "sqlite":
-        with sqlite3.connect(url) as conn:
-            logged = conn.execute(log).fetchall()
+        conn = sqlite3.connect(url)
+        logged = conn.execute(log).fetchall()
+        conn.close()
     store = open_gallery(url, ann_threshold=None)
     if backend == "sqlite":  # the deletion log, moved into its one-B-tree table, is kept
         assert logged and query_all(store, log) == logged
