@@ -15,7 +15,7 @@ from modules.errors import ConfigError
 from modules.storage import NewFace, open_gallery
 from modules.storage.migrate import head
 from modules.storage.pg_search import PostgresGallery, index_name
-from tests.test_gallery import ANN_THRESHOLD, brute_force, check_pg_counters, enroll_crowd, unit
+from tests.test_gallery import ANN_THRESHOLD, brute_force, check_counters, enroll_crowd, unit
 
 
 def sql(url: str, statement: str, params=None) -> list[tuple]:
@@ -54,7 +54,7 @@ def test_hnsw_index_is_per_gallery_and_used_by_the_planner(pg_url):
     # deleting the gallery drops its index
     store.delete_gallery("big")
     assert sql(pg_url, "SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'faces_hnsw%%'") == [(0,)]
-    check_pg_counters(store)
+    check_counters(store)
     store.close()
 
 

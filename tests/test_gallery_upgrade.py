@@ -16,11 +16,14 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+from alembic import command
+from alembic.config import Config
 
 from modules.errors import ConfigError
 from modules.storage import NewFace, open_gallery
-from modules.storage.migrate import head
-from tests.test_gallery import check_pg_counters, query_all
+from modules.storage.engine import get_engine
+from modules.storage.migrate import MIGRATIONS_DIR, VERSION_TABLE, head
+from tests.test_gallery import check_counters, query_all
 
 FIXTURES = Path(__file__).parent / "fixtures" / "legacy"
 ANSWERS = json.loads((FIXTURES / "answers.json").read_text())
@@ -40,6 +43,25 @@ def pg_v1(pg_url) -> str:
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute((FIXTURES / "gallery_pg_v1.sql").read_text())
     return pg_url
+
+
+def triggers(store) -> set[str]:
+    """The gallery's triggers (PostgreSQL: with the functions they ran)."""
+    if store.backend == "sqlite":
+        return {r[0] for r in query_all(store, "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    return {r[0] for r in query_all(store, "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal UNION"
+                                           " SELECT proname FROM pg_proc WHERE proname LIKE 'gallery%'")}
+
+
+def migrate_to(url: str, revision: str) -> None:
+    """Upgrade a gallery written before Alembic to ``revision`` only, as the code of that revision left it."""
+    with get_engine(url).begin() as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.set_main_option("version_table", VERSION_TABLE)
+        cfg.attributes["connection"] = conn
+        command.stamp(cfg, "gallery_0001")
+        command.upgrade(cfg, revision)
 
 
 def check_answers(store, want: dict) -> None:
@@ -70,17 +92,46 @@ def test_previous_version_gallery_is_upgraded_in_place(backend, request):
     assert store.search("main", QUERIES[3], MODEL)[0][0].person == "newcomer"
     assert store.delete_person("main", "ada") == 2
     assert store.num_people("main") == 5 and store.get_gallery("other").num_faces == 1
+    check_counters(store)
+    assert triggers(store) == ({"faces_log_delete"} if backend == "sqlite" else set())  # the writes count now
     if backend == "postgres":
-        check_pg_counters(store)
         assert query_all(store, "SELECT to_regclass('gallery_schema_migrations') IS NULL") == [(True,)]
     else:
         assert store.integrity_check() == []
         assert [r[0] for r in query_all(store, "SELECT face_id FROM face_deletions ORDER BY 1")] == [1, 2, 3]  # log kept
+        assert "WITHOUT ROWID" in query_all(store, "SELECT sql FROM sqlite_master WHERE name = 'face_deletions'")[0][0]
         assert query_all(store, "SELECT value FROM meta WHERE key = 'schema_version'") == []
     store.close()
     again = open_gallery(url, ann_threshold=None)  # a second open finds it up to date
     assert again.num_people("main") == 5 and again.search("main", QUERIES[3], MODEL)[0][0].person == "newcomer"
     again.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_counters_kept_by_triggers_are_taken_over_by_the_writes(backend, request):
+    """A gallery at gallery_0002 (counters kept by triggers) keeps its counts at gallery_0003, where the writes
+    keep them, and answers the same."""
+    url = str(request.getfixturevalue("sqlite_v2" if backend == "sqlite" else "pg_v1"))
+    migrate_to(url, "gallery_0002")
+    log = "SELECT gen, face_id FROM face_deletions ORDER BY 1, 2"
+    if backend == "sqlite":
+        conn = sqlite3.connect(url)
+        logged = conn.execute(log).fetchall()
+        conn.close()
+    store = open_gallery(url, ann_threshold=None)
+    if backend == "sqlite":  # the deletion log, moved into its one-B-tree table, is kept
+        assert logged and query_all(store, log) == logged
+    assert query_all(store, "SELECT version_num FROM facerec_schema") == [(head("gallery"),)]
+    assert triggers(store) == ({"faces_log_delete"} if backend == "sqlite" else set())
+    check_counters(store)
+    check_answers(store, ANSWERS[backend])
+    info = store.get_gallery("main")
+    assert (info.num_people, info.num_faces, info.embedders) == (6, 8, {MODEL: 8})
+    store.add_faces_many("main", {"ada": [NewFace(QUERIES[4], MODEL)], "no-faces": [NewFace(QUERIES[5], MODEL)]})
+    store.delete_face(store.list_faces("main", "bob")[0].id)
+    store.delete_person("main", "dee")
+    check_counters(store)
+    store.close()
 
 
 def test_previous_version_sqlite_gallery_with_the_ann_index(sqlite_v2):

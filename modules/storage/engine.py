@@ -1,7 +1,8 @@
-"""One SQLAlchemy engine per database, shared by every store of the process; dialect set-up through events.
+"""One SQLAlchemy engine per database, shared by every store of the process; dialect set-up on connect.
 
 SQLite: WAL, ``synchronous=FULL``, foreign keys, a busy timeout; a write begins with ``BEGIN IMMEDIATE`` (the
 lock first, so a read-then-write never fails on a lock upgrade); a new file is ``0600`` (biometric data).
+:class:`Prepared` runs a write's hot statements on the driver's cursor, in the same transaction.
 PostgreSQL (psycopg 3, pooled): a ``lock_timeout``, so a writer stuck behind another gets a 503, not a hang.
 A forked child drops its parent's pooled connections without closing them (SQLAlchemy's recipe).
 """
@@ -9,13 +10,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, exc as sa_exc
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Dialect, make_url
+from sqlalchemy.sql import Executable
 
 from ..errors import ConfigError, FaceRecError, ServiceUnavailableError
 from ..files import open_private, private_dir
@@ -103,16 +105,18 @@ def _sqlite_engine(url: URL, timeout: float) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # BEGIN is issued by the "begin" event below
+        dbapi_conn.isolation_level = None  # BEGIN is issued by _do_begin below
         for pragma in (f"busy_timeout = {int(timeout * 1000)}", "foreign_keys = ON", "journal_mode = WAL",
                        "synchronous = FULL"):
             dbapi_conn.execute(f"PRAGMA {pragma}").fetchall()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get("sqlite_immediate", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    def _do_begin(dbapi_conn: Any) -> None:  # unless transaction() took the write lock first (BEGIN IMMEDIATE)
+        if not dbapi_conn.in_transaction:
+            dbapi_conn.execute("BEGIN")
 
+    # the dialect's own hook rather than a "begin" event: any engine event makes every statement and transaction
+    # of every connection dispatch events, a large part of a small write's cost
+    engine.dialect.do_begin = _do_begin  # type: ignore[method-assign]
     return engine
 
 
@@ -144,18 +148,135 @@ def db_error(exc: BaseException, what: str = "database") -> FaceRecError:
     return FaceRecError(f"{what} error: {text[:500]}")
 
 
+class WriteTx:
+    """A write transaction on a pooled driver connection (:func:`write_transaction`): :class:`Prepared` statements
+    run on it directly; Core statements through :meth:`execute` or :attr:`conn`, a SQLAlchemy connection in the
+    same transaction, made on first use."""
+
+    def __init__(self, engine: Engine, driver: Any):
+        self.engine, self.dialect, self.driver = engine, engine.dialect, driver
+        self._conn: Connection | None = None
+
+    @property
+    def conn(self) -> Connection:
+        if self._conn is None:  # SQLAlchemy begins on the driver's open transaction (SQLite: see _do_begin)
+            self._conn = Connection(self.engine, connection=self.driver)
+        return self._conn
+
+    @property
+    def connection(self) -> Any:
+        """The pooled driver connection (as :attr:`Connection.connection`)."""
+        return self.driver
+
+    def execute(self, statement: Any, *args: Any, **kw: Any) -> Any:
+        return self.conn.execute(statement, *args, **kw)
+
+
+#: where a statement runs: a connection in its transaction, or a write transaction
+Conn = Connection | WriteTx
+
+
+def driver_cursor(conn: Conn) -> Any:
+    """A cursor of the driver's connection under ``conn``, in its transaction."""
+    return conn.connection.dbapi_connection.cursor()
+
+
+class Prepared:
+    """A Core statement compiled once per dialect and run on the driver's own cursor, inside the transaction of
+    ``conn`` (a connection or a :class:`WriteTx`): for the hot statements of a write, where SQLAlchemy's work per
+    execution costs several times what SQLite needs to run them.  Parameters and results pass untouched, so
+    only for columns whose type processes nothing (ids, names, counts); a driver error is turned into a typed
+    error by :func:`transaction` and :func:`write_transaction`."""
+
+    def __init__(self, statement: Executable):
+        self.statement = statement
+        self._compiled: dict[str, tuple[str, Any]] = {}
+
+    def _for(self, dialect: Dialect) -> tuple[str, Any]:
+        """The SQL and a function from the parameters to the driver's arguments."""
+        got = self._compiled.get(dialect.name)
+        if got is None:
+            compiled = self.statement.compile(dialect=dialect)
+            fixed = {name: b.effective_value for b, name in compiled.bind_names.items() if not b.required}
+            order = tuple(compiled.positiontup or ()) if dialect.positional else None
+
+            def args(params: Mapping[str, Any]) -> Any:
+                values = {**fixed, **params} if fixed else params
+                return values if order is None else tuple([values[name] for name in order])
+
+            got = self._compiled[dialect.name] = (compiled.string, args)
+        return got
+
+    def __call__(self, conn: Conn, **params: Any) -> Any:
+        """Run it; the driver's cursor, to fetch from."""
+        sql, args = self._for(conn.dialect)
+        cursor = driver_cursor(conn)
+        cursor.execute(sql, args(params))
+        return cursor
+
+    def many(self, conn: Conn, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run it once per row of parameters (the driver's ``executemany``)."""
+        if rows:
+            sql, args = self._for(conn.dialect)
+            driver_cursor(conn).executemany(sql, [args(r) for r in rows])
+
+
+def _typed(exc: BaseException, engine: Engine, what: str) -> FaceRecError | None:
+    """The typed error of a SQLAlchemy or driver error (None: neither)."""
+    driver_error = engine.dialect.loaded_dbapi.Error
+    if isinstance(exc, driver_error):  # from a Prepared statement: wrapped as SQLAlchemy would have
+        exc = sa_exc.DBAPIError.instance(None, None, exc, driver_error)
+    return db_error(exc, what) if isinstance(exc, sa_exc.SQLAlchemyError) else None
+
+
 @contextmanager
 def transaction(engine: Engine, what: str = "database", *, write: bool = True) -> Iterator[Connection]:
     """One transaction (a write on SQLite: ``BEGIN IMMEDIATE``), committed on success, rolled back on any
     exception; driver errors become typed errors (:func:`db_error`)."""
     try:
         with engine.connect() as conn:
-            if write and is_sqlite(engine):
-                conn.execution_options(sqlite_immediate=True)
+            if write and is_sqlite(engine):  # the write lock first: a read-then-write never fails to upgrade it
+                conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE")
             with conn.begin():
                 yield conn
-    except sa_exc.SQLAlchemyError as exc:
-        raise db_error(exc, what) from exc
+    except Exception as exc:
+        typed = _typed(exc, engine, what)
+        if typed is None:
+            raise
+        raise typed from exc
+
+
+@contextmanager
+def write_transaction(engine: Engine, what: str = "database",
+                      factory: Callable[[Engine, Any], WriteTx] = WriteTx) -> Iterator[Any]:
+    """:func:`transaction` for a write, on a pooled driver connection: ``factory(engine, driver connection)``
+    (a :class:`WriteTx`), committed on success, rolled back on any exception.  Skips SQLAlchemy's connection and
+    transaction objects unless a Core statement needs them: a small write's own cost on SQLite is less than
+    theirs."""
+    try:
+        driver = engine.raw_connection()
+        tx = factory(engine, driver)
+        try:
+            if engine.dialect.name == "sqlite":  # the write lock first
+                driver.dbapi_connection.execute("BEGIN IMMEDIATE")
+            yield tx
+            if tx._conn is not None:
+                tx._conn.commit()
+            driver.commit()
+        except BaseException:
+            with suppress(engine.dialect.loaded_dbapi.Error):  # a broken connection: its error is the one to report
+                driver.rollback()
+            raise
+        finally:
+            if tx._conn is not None:
+                tx._conn.close()  # returns the driver connection to the pool
+            else:
+                driver.close()
+    except Exception as exc:
+        typed = _typed(exc, engine, what)
+        if typed is None:
+            raise
+        raise typed from exc
 
 
 def read(engine: Engine, what: str = "database") -> Any:

@@ -2,14 +2,14 @@
 :mod:`~modules.storage.sqlite_search` and :mod:`~modules.storage.pg_search` only search.
 
 Every write is one transaction (PostgreSQL locks the gallery's row: writes to one gallery are serialised,
-other galleries written in parallel) with a new generation, stamped on the galleries it changed.
+other galleries written in parallel) with a new generation, stamped on the galleries it changed; it keeps the
+gallery's counters itself and runs its hot statements on the driver (:mod:`~modules.storage.writes`).
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import ConfigError, ConflictError, FaceNotFoundError, InvalidRequestError
 from ..face import Candidate
-from .engine import get_engine, read, safe_url, transaction
+from .engine import Conn, Prepared, get_engine, read, safe_url, write_transaction
 from .maintenance import Maintenance
 from .migrate import prepare
 from .records import (DEFAULT_ANN_THRESHOLD, FaceInfo, GalleryInfo, NewFace, PersonInfo, as_queries, face_not_found,
@@ -26,6 +26,8 @@ from .records import (DEFAULT_ANN_THRESHOLD, FaceInfo, GalleryInfo, NewFace, Per
                       validate_embedder_id, validate_enrollment, validate_metadata, validate_name, validate_new_name,
                       validate_page, validate_top_k)
 from .tables import TABLES, faces, galleries, gallery_embedders as ge, people
+from .writes import (DELETE_FACE, DELETE_PERSON, EMBEDDERS, GALLERY_ID, GALLERY_ID_LOCKED, STAMP, Tx, face_deleting, faces_added,
+                     more_faces, person_faces_deleting)
 
 
 _FACES_FROM = faces.join(people, people.c.id == faces.c.person_id).join(galleries,
@@ -36,28 +38,7 @@ _FACE_COLUMNS = (  # FaceInfo's fields, in order, but the embedding
     faces.c.landmarks, faces.c.det_score,
 )
 _PERSON_COLUMNS = (people.c.id, people.c.name, people.c.created_at, people.c.metadata, people.c.num_faces)
-# the statements of every write, built once (building a statement costs more than running it on SQLite)
-_GALLERY_ID = select(galleries.c.id).where(galleries.c.name == bindparam("name"))
-_GALLERY_ID_LOCKED = _GALLERY_ID.with_for_update()
 _PERSON = select(*_PERSON_COLUMNS).where(people.c.gallery_id == bindparam("gid"), people.c.name == bindparam("name"))
-_EMBEDDERS = select(ge.c.embedder, ge.c.dim, ge.c.faces).where(ge.c.gallery_id == bindparam("gid"), ge.c.faces > 0)
-_DELETE_PERSON = delete(people).where(people.c.id == bindparam("pid"))
-_STAMP = update(galleries).where(galleries.c.id == bindparam("gid")).values(generation=bindparam("gen"))
-
-
-@dataclass
-class Tx:
-    """A write transaction: its connection, its generation and the galleries it changed."""
-
-    conn: Connection
-    generation: int
-    touched: set[int] = field(default_factory=set)
-    grew: set[int] = field(default_factory=set)  # galleries that got faces (PostgreSQL: may need their HNSW index now)
-
-    def touch(self, gallery_id: int, grew: bool = False) -> None:
-        self.touched.add(int(gallery_id))
-        if grew:
-            self.grew.add(int(gallery_id))
 
 
 def _person_info(gallery: str, row: Sequence[Any]) -> PersonInfo:
@@ -93,11 +74,12 @@ class GalleryStore(Maintenance):
         self.engine = get_engine(location, create=create, busy_timeout_s=self.busy_timeout_s, pool_size=pool_max,
                                  connect_timeout_s=connect_timeout_s)
         self._insert = (postgresql if self.engine.dialect.name == "postgresql" else sqlite).insert
+        self._new_generation = Prepared(text(self.NEXT_GENERATION_SQL))
         try:
             self._prepare()
         except sa_exc.SQLAlchemyError as exc:
-            text = str(getattr(exc, "orig", None) or exc).strip()
-            raise ConfigError(f"cannot connect to or prepare the gallery database {self}: {text}") from exc
+            reason = str(getattr(exc, "orig", None) or exc).strip()
+            raise ConfigError(f"cannot connect to or prepare the gallery database {self}: {reason}") from exc
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({safe_url(self.engine.url)!r})"
@@ -120,8 +102,8 @@ class GalleryStore(Maintenance):
                               f" supports ({self.LEGACY_SCHEMA}); upgrade the code")
         return None if version is None else "gallery_0001"
 
-    def _next_generation(self, conn: Connection) -> int:
-        return int(conn.exec_driver_sql(self.NEXT_GENERATION_SQL).scalar())
+    def _next_generation(self, conn: Conn) -> int:
+        return int(self._new_generation(conn).fetchone()[0])
 
     def _generation(self, conn: Connection) -> int:
         return int(conn.execute(text(self.GENERATION_SQL)).scalar())
@@ -151,43 +133,44 @@ class GalleryStore(Maintenance):
 
     @contextmanager
     def _write(self) -> Iterator[Tx]:
-        """One write transaction with a new generation, stamped on the galleries it touched."""
-        with transaction(self.engine, "gallery database") as conn:
-            tx = Tx(conn, self._next_generation(conn))
+        """One write transaction with a new generation, stamped on the galleries it touched (with the change of
+        their count of people with faces)."""
+        with write_transaction(self.engine, "gallery database", Tx) as tx:
+            tx.generation = self._next_generation(tx)
             yield tx
-            if tx.touched:
-                conn.execute(_STAMP, [{"gid": gid, "gen": tx.generation} for gid in sorted(tx.touched)])
+            for gid in sorted(tx.touched):
+                STAMP(tx, gid=gid, gen=tx.generation, with_faces=tx.with_faces.get(gid, 0))
         self._after_commit(tx)
 
-    def _gallery_id(self, conn: Connection, name: str, *, lock: bool = False, create_at: int | None = None) -> int:
+    def _gallery_id(self, conn: Conn, name: str, *, lock: bool = False, create_at: int | None = None) -> int:
         """The gallery's id (its row locked if ``lock``; created at generation ``create_at`` if missing)."""
-        gid = conn.execute(_GALLERY_ID_LOCKED if lock else _GALLERY_ID, {"name": name}).scalar()
+        row = (GALLERY_ID_LOCKED if lock else GALLERY_ID)(conn, name=name).fetchone()
+        gid = None if row is None else row[0]
         if gid is None and create_at is not None:
             gid = self._insert_gallery(conn, name, create_at)
             if gid is None:  # created by another transaction meanwhile
-                gid = conn.execute(_GALLERY_ID_LOCKED, {"name": name}).scalar()
+                gid = GALLERY_ID_LOCKED(conn, name=name).fetchone()[0]
         if gid is None:
             raise gallery_not_found(name)
         return int(gid)
 
-    def _insert_gallery(self, conn: Connection, name: str, generation: int) -> int | None:
+    def _insert_gallery(self, conn: Conn, name: str, generation: int) -> int | None:
         """The new gallery's id; None if one of that name exists."""
         return conn.execute(self._insert(galleries).values(name=name, generation=generation)
                             .on_conflict_do_nothing(index_elements=["name"]).returning(galleries.c.id)).scalar()
 
     @staticmethod
-    def _person_row(conn: Connection, gid: int, gallery: str, name: str) -> Sequence[Any]:
+    def _person_row(conn: Conn, gid: int, gallery: str, name: str) -> Sequence[Any]:
         row = conn.execute(_PERSON, {"gid": gid, "name": name}).first()
         if row is None:
             raise person_not_found(gallery, name)
         return row
 
     @staticmethod
-    def _embedders(conn: Connection, gid: int) -> dict[tuple[str, int], int]:
-        rows = conn.execute(_EMBEDDERS, {"gid": gid})
-        return {(e, int(d)): int(n) for e, d, n in rows}
+    def _embedders(conn: Conn, gid: int) -> dict[tuple[str, int], int]:
+        return {(e, int(d)): int(n) for e, d, n in EMBEDDERS(conn, gid=gid).fetchall()}
 
-    def _scope(self, conn: Connection, gallery: str | None, lock: bool = False) -> tuple[list[int], dict[int, str]]:
+    def _scope(self, conn: Conn, gallery: str | None, lock: bool = False) -> tuple[list[int], dict[int, str]]:
         """The gallery ids in scope (one or all) and their names; rows locked in id order if asked."""
         q = select(galleries.c.id, galleries.c.name).order_by(galleries.c.id)
         if gallery is not None:
@@ -325,11 +308,13 @@ class GalleryStore(Maintenance):
         gallery = validate_name(gallery, "gallery name")
         name = validate_name(name, "person name")
         with self._write() as tx:
-            gid = self._gallery_id(tx.conn, gallery, lock=True)
-            row = self._person_row(tx.conn, gid, gallery, name)
-            tx.conn.execute(_DELETE_PERSON, {"pid": row[0]})
-            tx.touch(gid)
-        return int(row[4])
+            gid = self._gallery_id(tx, gallery, lock=True)
+            person_faces_deleting(tx, gid, name)
+            row = DELETE_PERSON(tx, gid=gid, name=name).fetchone()
+            if row is None:
+                raise person_not_found(gallery, name)
+            tx.touch(gid, with_faces=-1 if row[1] else 0)
+        return int(row[1])
 
     # --- faces --------------------------------------------------------------------------------------
     def add_faces(self, gallery: str, person: str, faces: Sequence[NewFace], *,
@@ -345,23 +330,29 @@ class GalleryStore(Maintenance):
         items, embedder, dim = validate_enrollment(faces_by_person)
         names = list(items)
         with self._write() as tx:
-            conn = tx.conn
-            gid = self._gallery_id(conn, gallery, lock=True, create_at=tx.generation if create_missing else None)
-            stored = self._embedders(conn, gid)
+            gid = self._gallery_id(tx, gallery, lock=True, create_at=tx.generation if create_missing else None)
+            stored = self._embedders(tx, gid)
             if stored and set(stored) != {(embedder, dim)}:
                 raise mismatch_error(gallery, stored, embedder, dim)
-            pids = self._people_ids(conn, gid, names)
-            missing = [n for n in names if n not in pids]
+            known = self._people_ids(tx, gid, names)  # name -> (id, faces)
+            missing = [n for n in names if n not in known]
             if missing and not create_missing:
                 raise person_not_found(gallery, missing[0])
+            pids = {n: pid for n, (pid, _) in known.items()}
             if missing:
-                new = self._insert_ids(conn, people, [{"gallery_id": gid, "name": n} for n in missing])
-                pids.update(zip(missing, new))
-            ids = iter(self._insert_faces(conn, gid, tx.generation, [(pids[p], f) for p in names for f in items[p]]))
-            tx.touch(gid, grew=True)
+                pids.update(self._insert_people(tx, gid, {n: len(items[n]) for n in missing}))
+            more_faces(tx, {pid: len(items[n]) for n, (pid, _) in known.items()})
+            ids = iter(self._insert_faces(tx, gid, tx.generation, [(pids[p], f) for p in names for f in items[p]]))
+            faces_added(tx, gid, embedder, dim, sum(len(v) for v in items.values()))
+            tx.touch(gid, grew=True, with_faces=len(missing) + sum(1 for _, n in known.values() if n == 0))
         return {p: [next(ids) for _ in items[p]] for p in names}
 
-    def _insert_faces(self, conn: Connection, gid: int, gen: int, rows: list[tuple[int, Any]]) -> list[int]:
+    def _insert_people(self, conn: Conn, gid: int, counts: Mapping[str, int]) -> dict[str, int]:
+        """Insert new people ``{name: number of faces}`` into gallery ``gid`` (with their count); their ids."""
+        ids = self._insert_ids(conn, people, [{"gallery_id": gid, "name": n, "num_faces": k} for n, k in counts.items()])
+        return dict(zip(counts, ids))
+
+    def _insert_faces(self, conn: Conn, gid: int, gen: int, rows: list[tuple[int, Any]]) -> list[int]:
         """Insert ``(person id, ValidFace)`` rows; their new ids, in order."""
         return self._insert_ids(conn, faces, [
             {"person_id": pid, "gallery_id": gid, "embedder": f.embedder, "dim": f.dim, "embedding": f.embedding,
@@ -370,15 +361,16 @@ class GalleryStore(Maintenance):
             for pid, f in rows
         ])
 
-    def _people_ids(self, conn: Connection, gid: int, names: list[str]) -> dict[str, int]:
-        """``{name: id}`` of the gallery's people among ``names``."""
-        found: dict[str, int] = {}
+    def _people_ids(self, conn: Conn, gid: int, names: list[str]) -> dict[str, tuple[int, int]]:
+        """``{name: (id, number of faces)}`` of the gallery's people among ``names``."""
+        found: dict[str, tuple[int, int]] = {}
         for s in range(0, len(names), 500):
-            found.update(conn.execute(select(people.c.name, people.c.id).where(
-                people.c.gallery_id == gid, people.c.name.in_(names[s : s + 500]))).all())
+            found.update((name, (int(pid), int(n))) for name, pid, n in conn.execute(
+                select(people.c.name, people.c.id, people.c.num_faces)
+                .where(people.c.gallery_id == gid, people.c.name.in_(names[s : s + 500]))))
         return found
 
-    def _insert_ids(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> list[int]:
+    def _insert_ids(self, conn: Conn, table: Any, rows: list[dict[str, Any]]) -> list[int]:
         """Insert ``rows`` (all with the same keys) into ``table``; their new ids, in order."""
         result = conn.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
         return [int(r[0]) for r in result]
@@ -394,7 +386,7 @@ class GalleryStore(Maintenance):
             ).all()
         return [_face_info(r) for r in rows]
 
-    def _face_row(self, conn: Connection, face_id: Any, gallery: str | None, columns: Sequence[Any],
+    def _face_row(self, conn: Conn, face_id: Any, gallery: str | None, columns: Sequence[Any],
                   lock: bool = False) -> Sequence[Any]:
         fid = parse_face_id(face_id)
         if gallery is not None:
@@ -428,9 +420,11 @@ class GalleryStore(Maintenance):
 
     def delete_face(self, face_id: int, *, gallery: str | None = None) -> None:
         with self._write() as tx:
-            row = self._face_row(tx.conn, face_id, gallery, (faces.c.id, faces.c.gallery_id), lock=True)
-            tx.conn.execute(delete(faces).where(faces.c.id == row[0]))
-            tx.touch(row[1])
+            fid, gid, pid = self._face_row(tx, face_id, gallery, (faces.c.id, faces.c.gallery_id, faces.c.person_id),
+                                           lock=True)
+            with_faces = face_deleting(tx, gid, fid, pid)
+            DELETE_FACE(tx, fid=fid)
+            tx.touch(gid, with_faces=with_faces)
 
     def find_faces_by_source_sha256(self, gallery: str, sha256: str) -> list[int]:
         """Ids of the faces of ``gallery`` enrolled from a source with this SHA-256."""

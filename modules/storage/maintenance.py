@@ -18,8 +18,9 @@ from ..embedders.checks import check_gallery
 from ..errors import InvalidRequestError
 from .records import embed_crops, mismatch_error, uncroppable_error, validate_embedder_id, validate_name
 from .tables import faces, gallery_embedders as ge, people
+from .writes import recount
 
-SCHEMA_VERSION = int(head("gallery").rsplit("_", 1)[1])  # gallery_0002 -> 2
+SCHEMA_VERSION = int(head("gallery").rsplit("_", 1)[1])  # gallery_0003 -> 3
 #: faces a re-embedding checks the new model on (whole people, drawn at random up to this many)
 CHECK_FACES = 2000
 
@@ -120,6 +121,7 @@ class Maintenance:
                     .values(embedder=model_id, dim=dim, embedding=bindparam("emb"), gen=tx.generation),
                     [{"fid": fid, "emb": computed[fid]} for fid in current],
                 )
+            recount(tx.conn, gids)
             kept = tx.conn.scalar(select(func.count()).where(faces.c.gallery_id.in_(gids), faces.c.crop_png.is_(None)))
             for gid in gids:
                 tx.touch(gid, grew=True)

@@ -10,15 +10,16 @@ import logging
 import threading
 import time
 import zlib
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from datetime import UTC, datetime, timezone
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, exc as sa_exc, insert, text
+from sqlalchemy import Connection, exc as sa_exc, text
 
 from ..errors import ConfigError, FaceRecError
 from ..face import Candidate
-from .engine import db_error, safe_url
+from .engine import Conn, Prepared, db_error, safe_url
 from .gallery import GalleryStore, Tx
 from .records import as_queries, gallery_not_found, mismatch_error, validate_name
 
@@ -27,6 +28,14 @@ log = logging.getLogger(__name__)
 MIN_PGVECTOR = (0, 5, 0)
 MAX_EF_SEARCH = 1000  # pgvector's limit for hnsw.ef_search
 _EXTENSION_LOCK = 0x6661636572656301  # advisory lock key: "facerec" + 1
+
+
+_PEOPLE_AMONG = Prepared(text("SELECT name, id, num_faces FROM people"
+                              " WHERE gallery_id = :gid AND name = ANY(CAST(:names AS text[]))"))
+_INSERT_PEOPLE = Prepared(text("INSERT INTO people (gallery_id, name, num_faces, created_at)"
+                               " SELECT :gid, name, n, :now FROM unnest(CAST(:names AS text[]), CAST(:counts AS int[]))"
+                               " AS t(name, n) RETURNING name, id"))
+_FACE_IDS = Prepared(text("SELECT nextval(pg_get_serial_sequence('faces', 'id')) FROM generate_series(1, :n)"))
 
 
 def vector_text(v: np.ndarray) -> str:
@@ -121,31 +130,20 @@ class PostgresGallery(GalleryStore):
             t.join(timeout=0.1)
         super().close()
 
-    @staticmethod
-    def _new_ids(conn: Connection, table: str, n: int) -> list[int]:
-        """``n`` ids drawn from ``table``'s identity sequence, in order."""
-        sql = f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) FROM generate_series(1, :n)"
-        drawn = conn.execute(text(sql), {"n": n})
-        return [int(i) for i in drawn.scalars()]
-
-    def _people_ids(self, conn: Connection, gid: int, names: list[str]) -> dict[str, int]:
+    def _people_ids(self, conn: Conn, gid: int, names: list[str]) -> dict[str, tuple[int, int]]:
         """One ``= ANY(text[])`` lookup (a long ``IN`` list of varchar parameters makes PostgreSQL scan the table)."""
-        rows = conn.execute(text("SELECT name, id FROM people"
-                                 " WHERE gallery_id = :gid AND name = ANY(CAST(:names AS text[]))"),
-                            {"gid": gid, "names": names})
+        rows = _PEOPLE_AMONG(conn, gid=gid, names=names).fetchall()
+        return {name: (int(pid), int(n)) for name, pid, n in rows}
+
+    def _insert_people(self, conn: Conn, gid: int, counts: Mapping[str, int]) -> dict[str, int]:
+        """One ``INSERT ... SELECT unnest(...)``; the ids come back by name (unique in a gallery)."""
+        rows = _INSERT_PEOPLE(conn, gid=gid, names=list(counts), counts=list(counts.values()),
+                              now=datetime.now(UTC)).fetchall()
         return {name: int(pid) for name, pid in rows}
 
-    def _insert_ids(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> list[int]:
-        """Ids drawn first, then one batched insert (a ``RETURNING`` kept in row order would cost a statement a
-        row)."""
-        ids = self._new_ids(conn, table.name, len(rows))
-        if rows:
-            conn.execute(insert(table), [{**r, "id": i} for r, i in zip(rows, ids)])
-        return ids
-
-    def _insert_faces(self, conn: Connection, gid: int, gen: int, rows: list[tuple[int, Any]]) -> list[int]:
+    def _insert_faces(self, conn: Conn, gid: int, gen: int, rows: list[tuple[int, Any]]) -> list[int]:
         """Bulk loading through ``COPY`` (ids drawn from the sequence first), in the same transaction."""
-        ids = self._new_ids(conn, "faces", len(rows))
+        ids = [int(i) for (i,) in _FACE_IDS(conn, n=len(rows)).fetchall()]
         now = datetime.now(timezone.utc)
         with conn.connection.driver_connection.cursor() as cur, cur.copy(
             "COPY faces (id, person_id, gallery_id, embedder, dim, embedding, crop_png, source, source_sha256, box,"

@@ -7,6 +7,7 @@ the gallery's generation stamp; the cache is refreshed only when it moved (so ot
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import logging
 import os
@@ -16,17 +17,18 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from filelock import FileLock
-from sqlalchemy import Connection, LargeBinary, select, text, type_coerce
+from sqlalchemy import LargeBinary, bindparam, select, text, type_coerce
 
 from ..face import Candidate
 from ..files import FILE_MODE, private_dir
 from .ann import AnnIndex, HnswParams, NeedsRebuild, RWLock
-from .engine import database_url
+from .engine import Conn, Prepared, database_url, driver_cursor
 from .gallery import GalleryStore
 from .records import gallery_not_found, mismatch_error, validate_name
 from .tables import faces, galleries, people
@@ -122,6 +124,27 @@ def _vectors(rows: Sequence[Sequence[Any]], dim: int) -> np.ndarray:
 _FACE_ROWS = (faces.c.id, faces.c.person_id, faces.c.embedder, faces.c.dim, type_coerce(faces.c.embedding, LargeBinary))
 
 
+@functools.cache
+def _inserter(dialect: Any, table: Any, keys: tuple[str, ...]) -> tuple[str, Any, list[tuple[int, Any]], Any]:
+    """For :meth:`SQLiteGallery._insert_ids`: the ``INSERT`` of ``keys`` and ``created_at``, a getter of the keys'
+    values, and the columns' own bind processing (embedding -> float32 BLOB, timestamp -> ISO text) for the
+    keys that have one (their position) and for ``created_at``."""
+    columns = [*keys, "created_at"]
+    insert = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    processed = [(i, p) for i, k in enumerate(keys) if (p := table.c[k].type.bind_processor(dialect))]
+    get = itemgetter(*keys) if len(keys) > 1 else (lambda row: (row[keys[0]],))
+    return insert, get, processed, table.c.created_at.type.bind_processor(dialect)
+
+
+# a gallery whole, on the driver's cursor (plain rows, no SQLAlchemy row per face); walks the faces_person index
+# (person_id, gallery_id, id) in order: no sort of the BLOBs
+_NAMES = Prepared(select(people.c.id, people.c.name).where(people.c.gallery_id == bindparam("gid")))
+_MATRIX_ROWS = Prepared(select(*_FACE_ROWS).where(
+    faces.c.gallery_id == bindparam("gid"),
+    faces.c.person_id.in_(select(people.c.id).where(people.c.gallery_id == bindparam("gid")))
+).order_by(faces.c.person_id, faces.c.id))
+
+
 class SQLiteGallery(GalleryStore):
     """The gallery in one SQLite file (created, with its folder, if missing); HNSW knobs in ``ann_params``,
     a saved index (``ann_persist``) in ``ann_dir`` (default ``<path>.ann/``)."""
@@ -153,41 +176,51 @@ class SQLiteGallery(GalleryStore):
         return f"SQLiteGallery({str(self.path)!r})"
 
     # --- the store's hooks -----------------------------------------------------------------------------
-    def _insert_ids(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> list[int]:
+    def _insert_ids(self, conn: Conn, table: Any, rows: list[dict[str, Any]]) -> list[int]:
         """One driver ``executemany`` (SQLite cannot batch ``RETURNING``: SQLAlchemy would send a statement a
         row).  The write transaction is ``BEGIN IMMEDIATE``, so no one else inserts meanwhile: the new rows are
         those above the previous largest id, in insertion order."""
         if not rows:
             return []
-        keys = [*rows[0], "created_at"]
-        created_at = datetime.now(timezone.utc)
-        # the columns' own bind processing (embedding -> float32 BLOB, timestamp -> ISO text), applied once per value
-        binds = [table.c[k].type.bind_processor(conn.dialect) or (lambda v: v) for k in keys]
-        values = [tuple(b(v) for b, v in zip(binds, (*(r[k] for k in keys[:-1]), created_at))) for r in rows]
-        before = conn.exec_driver_sql(f"SELECT COALESCE(MAX(id), 0) FROM {table.name}").scalar()
-        conn.exec_driver_sql(
-            f"INSERT INTO {table.name} ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
-            values,
-        )
-        new = conn.exec_driver_sql(f"SELECT id FROM {table.name} WHERE id > ? ORDER BY id", (before,))
-        ids = [int(r[0]) for r in new]
+        insert, get, processed, stamp = _inserter(conn.dialect, table, tuple(rows[0]))
+        now, values = stamp(datetime.now(timezone.utc)), []  # the creation time, the same for all, processed once
+        for r in rows:
+            row = [*get(r), now]
+            for i, process in processed:
+                row[i] = process(row[i])
+            values.append(row)
+        cursor = driver_cursor(conn)  # plain SQL on the driver: no statement to build
+        before = cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table.name}").fetchone()[0]
+        cursor.executemany(insert, values)
+        ids = [int(r[0]) for r in cursor.execute(f"SELECT id FROM {table.name} WHERE id > ? ORDER BY id", (before,))]
         if len(ids) != len(rows):  # pragma: no cover - would mean another writer inside our write lock
             raise RuntimeError(f"inserted {len(rows)} rows into {table.name} but found {len(ids)} new ids")
         return ids
+
+    def _people_ids(self, conn: Conn, gid: int, names: list[str]) -> dict[str, tuple[int, int]]:
+        """``{name: (id, number of faces)}`` of the gallery's people among ``names`` (plain SQL, a chunk a time)."""
+        cursor = driver_cursor(conn)
+        found: dict[str, tuple[int, int]] = {}
+        for s in range(0, len(names), 500):
+            chunk = names[s : s + 500]
+            found.update((name, (pid, n)) for name, pid, n in cursor.execute(
+                f"SELECT name, id, num_faces FROM people WHERE gallery_id = ? AND name IN ({', '.join('?' * len(chunk))})",
+                (gid, *chunk)))
+        return found
 
     NEXT_GENERATION_SQL = "UPDATE meta SET value = value + 1 WHERE key = 'generation' RETURNING value"
     GENERATION_SQL = "SELECT value FROM meta WHERE key = 'generation'"
     LEGACY_TABLE, LEGACY_SCHEMA = "meta", 2
     LEGACY_VERSION_SQL = "SELECT value FROM meta WHERE key = 'schema_version'"
 
-    def _next_generation(self, conn: Connection) -> int:
+    def _next_generation(self, conn: Conn) -> int:
         generation = super()._next_generation(conn)
         if generation % 1024 == 0:
             self._prune_deletions(conn)
         return generation
 
     @staticmethod
-    def _prune_deletions(conn: Connection, keep: int = DELETIONS_KEEP) -> None:
+    def _prune_deletions(conn: Conn, keep: int = DELETIONS_KEEP) -> None:
         """Keep the newest ``keep`` deletion records; an index older than the horizon is rebuilt."""
         if conn.execute(text("SELECT COUNT(*) FROM face_deletions")).scalar() <= keep:
             return
@@ -234,8 +267,8 @@ class SQLiteGallery(GalleryStore):
         """The gallery's search structure, brought up to date only if its generation moved."""
         if os.getpid() != self._pid:
             self._after_fork()
-        with self._read() as conn:  # the hot path of every search: plain SQL, no statement to build
-            row = conn.exec_driver_sql("SELECT id, generation FROM galleries WHERE name = ?", (gallery,)).first()
+        with self._read() as conn:  # the hot path of every search: plain SQL on the driver, no statement to build
+            row = driver_cursor(conn).execute("SELECT id, generation FROM galleries WHERE name = ?", (gallery,)).fetchone()
         gid, gen = (int(row[0]), int(row[1])) if row is not None else (None, -1)
         old = self._cache_ids.get(gallery)
         if old is not None and old != gid:  # deleted (and maybe created again) by any process: let its index go
@@ -282,10 +315,8 @@ class SQLiteGallery(GalleryStore):
             if row is None:
                 raise gallery_not_found(gallery)
             gid = int(row[0])
-            names = dict(conn.execute(select(people.c.id, people.c.name).where(people.c.gallery_id == gid)).all())
-            in_gallery = faces.c.person_id.in_(select(people.c.id).where(people.c.gallery_id == gid))
-            # walks the faces_person index in order: no sort of the BLOBs
-            rows = conn.execute(select(*_FACE_ROWS).where(in_gallery).order_by(faces.c.person_id, faces.c.id)).all()
+            names = dict(_NAMES(conn, gid=gid).fetchall())
+            rows = _MATRIX_ROWS(conn, gid=gid).fetchall()
         return _Matrix.of(gid, int(row[1]), rows, names)
 
     def _stamp(self, gid: int) -> dict[str, Any]:
@@ -427,10 +458,12 @@ class SQLiteGallery(GalleryStore):
         picks = [p[:top_k] for p in picks]
         person_ids = sorted({pid for row in picks for pid, _, _ in row})
         names: dict[int, str] = {}
-        with self._read() as conn:
+        with self._read() as conn:  # plain SQL on the driver, a chunk of ids a time
+            cursor = driver_cursor(conn)
             for s in range(0, len(person_ids), 500):
-                names.update(conn.execute(select(people.c.id, people.c.name)
-                                          .where(people.c.id.in_(person_ids[s : s + 500]))).all())
+                chunk = person_ids[s : s + 500]
+                names.update(cursor.execute(f"SELECT id, name FROM people WHERE id IN ({', '.join('?' * len(chunk))})",
+                                            chunk))
         return [
             [Candidate(person=names[pid], similarity=float(np.clip(sim, -1.0, 1.0)), person_id=pid, face_id=fid)
              for pid, fid, sim in row if pid in names]  # (a person deleted since the generation check is left out)

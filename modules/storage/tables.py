@@ -1,7 +1,8 @@
 """The gallery's tables: one definition for SQLite and PostgreSQL.
 
-``galleries`` -> ``people`` -> ``faces`` (each deleted with its parent); counters kept by triggers make
-``num_people``, ``get_gallery`` and the embedder check O(1).  Ids are never reused.  ``faces.gen``: the
+``galleries`` -> ``people`` -> ``faces`` (each deleted with its parent); counters (``people.num_faces``,
+``galleries.people_with_faces``, ``gallery_embedders``), kept by every write in its own transaction
+(:mod:`~modules.storage.writes`), make ``num_people``, ``get_gallery`` and the embedder check O(1).  Ids are never reused.  ``faces.gen``: the
 generation that wrote the face.  SQLite only: ``meta`` and the ``face_deletions`` change log; PostgreSQL
 only: the ``gallery_generation`` sequence.
 """
@@ -125,112 +126,17 @@ gallery_embedders = Table(
 
 # SQLite only: the generation counter and the deletion log
 meta = Table("meta", metadata, Column("key", Text, primary_key=True), Column("value", Integer, nullable=False))
-face_deletions = Table("face_deletions", metadata, Column("gen", Integer, nullable=False, index=True),
-                       Column("face_id", Integer, nullable=False))
+face_deletions = Table("face_deletions", metadata, Column("gen", Integer, primary_key=True, autoincrement=False),
+                       Column("face_id", Integer, primary_key=True, autoincrement=False),
+                       sqlite_with_rowid=False)  # one B-tree, ordered by generation
 
 COMMON = (galleries, people, faces, gallery_embedders)
 TABLES = {"sqlite": (*COMMON, meta, face_deletions), "postgresql": COMMON}
 
-SQLITE_TRIGGERS = [
-    """CREATE TRIGGER faces_added AFTER INSERT ON faces BEGIN
-        UPDATE people SET num_faces = num_faces + 1 WHERE id = NEW.person_id;
-        UPDATE galleries SET people_with_faces = people_with_faces + 1
-            WHERE id = NEW.gallery_id AND (SELECT num_faces FROM people WHERE id = NEW.person_id) = 1;
-        INSERT INTO gallery_embedders (gallery_id, embedder, dim, faces) VALUES (NEW.gallery_id, NEW.embedder, NEW.dim, 1)
-            ON CONFLICT (gallery_id, embedder, dim) DO UPDATE SET faces = faces + 1;
-    END""",
-    # a cascade from a deleted person runs after its row is gone: people_deleted counts it then
-    """CREATE TRIGGER faces_deleted AFTER DELETE ON faces BEGIN
-        INSERT INTO face_deletions (gen, face_id) VALUES ((SELECT value FROM meta WHERE key = 'generation'), OLD.id);
-        UPDATE people SET num_faces = num_faces - 1 WHERE id = OLD.person_id;
-        UPDATE galleries SET people_with_faces = people_with_faces - 1
-            WHERE id = OLD.gallery_id AND (SELECT num_faces FROM people WHERE id = OLD.person_id) = 0;
-        UPDATE gallery_embedders SET faces = faces - 1
-            WHERE gallery_id = OLD.gallery_id AND embedder = OLD.embedder AND dim = OLD.dim;
-        DELETE FROM gallery_embedders
-            WHERE gallery_id = OLD.gallery_id AND embedder = OLD.embedder AND dim = OLD.dim AND faces <= 0;
-    END""",
-    """CREATE TRIGGER faces_updated AFTER UPDATE OF embedder, dim ON faces BEGIN
-        UPDATE gallery_embedders SET faces = faces - 1
-            WHERE gallery_id = OLD.gallery_id AND embedder = OLD.embedder AND dim = OLD.dim;
-        DELETE FROM gallery_embedders
-            WHERE gallery_id = OLD.gallery_id AND embedder = OLD.embedder AND dim = OLD.dim AND faces <= 0;
-        INSERT INTO gallery_embedders (gallery_id, embedder, dim, faces) VALUES (NEW.gallery_id, NEW.embedder, NEW.dim, 1)
-            ON CONFLICT (gallery_id, embedder, dim) DO UPDATE SET faces = faces + 1;
-    END""",
-    """CREATE TRIGGER people_deleted AFTER DELETE ON people WHEN OLD.num_faces > 0 BEGIN
-        UPDATE galleries SET people_with_faces = people_with_faces - 1 WHERE id = OLD.gallery_id;
-    END""",
-]
-
-PG_TRIGGERS = r"""
-CREATE FUNCTION gallery_faces_added() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO gallery_embedders AS ge (gallery_id, embedder, dim, faces)
-        SELECT gallery_id, embedder, dim, count(*) FROM new_faces GROUP BY 1, 2, 3
-        ON CONFLICT (gallery_id, embedder, dim) DO UPDATE SET faces = ge.faces + excluded.faces;
-    WITH c AS (SELECT person_id, count(*) AS n FROM new_faces GROUP BY person_id),
-         u AS (UPDATE people p SET num_faces = p.num_faces + c.n FROM c WHERE p.id = c.person_id
-               RETURNING p.gallery_id, p.num_faces - c.n AS before)
-    UPDATE galleries g SET people_with_faces = g.people_with_faces + x.k
-        FROM (SELECT gallery_id, count(*) AS k FROM u WHERE before = 0 GROUP BY gallery_id) x
-        WHERE g.id = x.gallery_id;
-    RETURN NULL;
-END $$;
-
-CREATE FUNCTION gallery_faces_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE gallery_embedders ge SET faces = ge.faces - c.n
-        FROM (SELECT gallery_id, embedder, dim, count(*) AS n FROM old_faces GROUP BY 1, 2, 3) c
-        WHERE ge.gallery_id = c.gallery_id AND ge.embedder = c.embedder AND ge.dim = c.dim;
-    DELETE FROM gallery_embedders
-        WHERE faces <= 0 AND gallery_id IN (SELECT DISTINCT gallery_id FROM old_faces);
-    WITH c AS (SELECT person_id, count(*) AS n FROM old_faces GROUP BY person_id),
-         u AS (UPDATE people p SET num_faces = p.num_faces - c.n FROM c WHERE p.id = c.person_id
-               RETURNING p.gallery_id, p.num_faces AS after)
-    UPDATE galleries g SET people_with_faces = g.people_with_faces - x.k
-        FROM (SELECT gallery_id, count(*) AS k FROM u WHERE after = 0 GROUP BY gallery_id) x
-        WHERE g.id = x.gallery_id;
-    RETURN NULL;
-END $$;
-
-CREATE FUNCTION gallery_faces_updated() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    -- re-embedding changes (embedder, dim); faces never move between people
-    UPDATE gallery_embedders ge SET faces = ge.faces - c.n
-        FROM (SELECT gallery_id, embedder, dim, count(*) AS n FROM old_faces GROUP BY 1, 2, 3) c
-        WHERE ge.gallery_id = c.gallery_id AND ge.embedder = c.embedder AND ge.dim = c.dim;
-    INSERT INTO gallery_embedders AS ge (gallery_id, embedder, dim, faces)
-        SELECT gallery_id, embedder, dim, count(*) FROM new_faces GROUP BY 1, 2, 3
-        ON CONFLICT (gallery_id, embedder, dim) DO UPDATE SET faces = ge.faces + excluded.faces;
-    DELETE FROM gallery_embedders
-        WHERE faces <= 0 AND gallery_id IN (SELECT DISTINCT gallery_id FROM old_faces);
-    RETURN NULL;
-END $$;
-
-CREATE FUNCTION gallery_people_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    -- the faces went first (the cascade), while their person was already gone: count the person here
-    UPDATE galleries g SET people_with_faces = g.people_with_faces - x.k
-        FROM (SELECT gallery_id, count(*) AS k FROM old_people WHERE num_faces > 0 GROUP BY gallery_id) x
-        WHERE g.id = x.gallery_id;
-    RETURN NULL;
-END $$;
-
-CREATE TRIGGER faces_added AFTER INSERT ON faces REFERENCING NEW TABLE AS new_faces
-    FOR EACH STATEMENT EXECUTE FUNCTION gallery_faces_added();
-CREATE TRIGGER faces_deleted AFTER DELETE ON faces REFERENCING OLD TABLE AS old_faces
-    FOR EACH STATEMENT EXECUTE FUNCTION gallery_faces_deleted();
-CREATE TRIGGER faces_updated AFTER UPDATE ON faces REFERENCING OLD TABLE AS old_faces NEW TABLE AS new_faces
-    FOR EACH STATEMENT EXECUTE FUNCTION gallery_faces_updated();
-CREATE TRIGGER people_deleted AFTER DELETE ON people REFERENCING OLD TABLE AS old_people
-    FOR EACH STATEMENT EXECUTE FUNCTION gallery_people_deleted();
-"""
-
-
-def create_sqlite_triggers(conn: Any) -> None:
-    for statement in SQLITE_TRIGGERS:
-        conn.execute(text(statement))
+# SQLite only: each deleted face (a person's or a gallery's cascade included) goes to the change log
+LOG_DELETIONS = """CREATE TRIGGER faces_log_delete AFTER DELETE ON faces BEGIN
+    INSERT INTO face_deletions (gen, face_id) VALUES ((SELECT value FROM meta WHERE key = 'generation'), OLD.id);
+END"""
 
 
 def _meta_rows(target: Any, conn: Any, **_: Any) -> None:
@@ -238,15 +144,13 @@ def _meta_rows(target: Any, conn: Any, **_: Any) -> None:
     conn.execute(text("INSERT OR IGNORE INTO meta (key, value) VALUES ('created_at', :now)"), {"now": utc_now_iso()})
 
 
-def _dialect_ddl(target: Any, conn: Any, tables: Any = (), **_: Any) -> None:
-    if faces in (tables or ()) and conn.dialect.name == "sqlite":
-        create_sqlite_triggers(conn)
-    elif faces in (tables or ()):
-        conn.exec_driver_sql(PG_TRIGGERS)
+def _log_deletions(target: Any, conn: Any, tables: Any = (), **_: Any) -> None:
+    if face_deletions in (tables or ()):
+        conn.execute(text(LOG_DELETIONS))
 
 
 event.listen(meta, "after_create", _meta_rows)
 event.listen(
     galleries, "before_create", DDL("CREATE SEQUENCE IF NOT EXISTS gallery_generation").execute_if(dialect="postgresql")
 )
-event.listen(metadata, "after_create", _dialect_ddl)
+event.listen(metadata, "after_create", _log_deletions)

@@ -9,12 +9,45 @@ Revision ID: gallery_0002
 import sqlalchemy as sa
 from alembic import op
 
-from modules.storage.tables import create_sqlite_triggers, face_deletions, faces, gallery_embedders
+from modules.storage.tables import face_deletions, faces, gallery_embedders
 
 revision = "gallery_0002"
 down_revision = "gallery_0001"
 branch_labels = None
 depends_on = None
+
+# the counters of this revision, kept by triggers (gallery_0003 drops them: the writes keep them since)
+_TRIGGERS = [
+    """CREATE TRIGGER faces_added AFTER INSERT ON faces BEGIN
+        UPDATE people SET num_faces = num_faces + 1 WHERE id = NEW.person_id;
+        UPDATE galleries SET people_with_faces = people_with_faces + 1
+            WHERE id = NEW.gallery_id AND (SELECT num_faces FROM people WHERE id = NEW.person_id) = 1;
+        INSERT INTO gallery_embedders (gallery_id, embedder, dim, faces) VALUES (NEW.gallery_id, NEW.embedder, NEW.dim, 1)
+            ON CONFLICT (gallery_id, embedder, dim) DO UPDATE SET faces = faces + 1;
+    END""",
+    # a cascade from a deleted person runs after its row is gone: people_deleted counts it then
+    """CREATE TRIGGER faces_deleted AFTER DELETE ON faces BEGIN
+        INSERT INTO face_deletions (gen, face_id) VALUES ((SELECT value FROM meta WHERE key = 'generation'), OLD.id);
+        UPDATE people SET num_faces = num_faces - 1 WHERE id = OLD.person_id;
+        UPDATE galleries SET people_with_faces = people_with_faces - 1
+            WHERE id = OLD.gallery_id AND (SELECT num_faces FROM people WHERE id = OLD.person_id) = 0;
+        UPDATE gallery_embedders SET faces = faces - 1
+            WHERE gallery_id = OLD.gallery_id AND embedder = OLD.embedder AND dim = OLD.dim;
+        DELETE FROM gallery_embedders
+            WHERE gallery_id = OLD.gallery_id AND embedder = OLD.embedder AND dim = OLD.dim AND faces <= 0;
+    END""",
+    """CREATE TRIGGER faces_updated AFTER UPDATE OF embedder, dim ON faces BEGIN
+        UPDATE gallery_embedders SET faces = faces - 1
+            WHERE gallery_id = OLD.gallery_id AND embedder = OLD.embedder AND dim = OLD.dim;
+        DELETE FROM gallery_embedders
+            WHERE gallery_id = OLD.gallery_id AND embedder = OLD.embedder AND dim = OLD.dim AND faces <= 0;
+        INSERT INTO gallery_embedders (gallery_id, embedder, dim, faces) VALUES (NEW.gallery_id, NEW.embedder, NEW.dim, 1)
+            ON CONFLICT (gallery_id, embedder, dim) DO UPDATE SET faces = faces + 1;
+    END""",
+    """CREATE TRIGGER people_deleted AFTER DELETE ON people WHEN OLD.num_faces > 0 BEGIN
+        UPDATE galleries SET people_with_faces = people_with_faces - 1 WHERE id = OLD.gallery_id;
+    END""",
+]
 
 _COPIED = "id, person_id, embedder, dim, embedding, crop_png, source, source_sha256, box, landmarks, det_score, created_at"
 
@@ -39,7 +72,8 @@ def upgrade() -> None:
     for index in ("faces_person", "faces_source_sha256", "faces_gen"):
         op.execute(f"DROP INDEX IF EXISTS {index}")
     faces.create(conn)
-    create_sqlite_triggers(conn)  # the counters are kept while the rows are copied
+    for trigger in _TRIGGERS:  # the counters are kept while the rows are copied
+        op.execute(trigger)
     op.execute(
         f"INSERT INTO faces ({_COPIED}, gallery_id, gen)"
         f" SELECT {', '.join('f.' + c for c in _COPIED.split(', '))}, p.gallery_id, {'f.gen' if has_gen else 0}"
