@@ -38,6 +38,8 @@ _FACE_COLUMNS = (  # FaceInfo's fields, in order, but the embedding
     faces.c.landmarks, faces.c.det_score,
 )
 _PERSON_COLUMNS = (people.c.id, people.c.name, people.c.created_at, people.c.metadata, people.c.num_faces)
+_NEW_FACE = ("person_id", "gallery_id", "embedder", "dim", "embedding", "crop_png", "source", "source_sha256", "box",
+             "landmarks", "det_score", "gen")  # the columns of an enrolled face
 _PERSON = select(*_PERSON_COLUMNS).where(people.c.gallery_id == bindparam("gid"), people.c.name == bindparam("name"))
 
 
@@ -349,16 +351,14 @@ class GalleryStore(Maintenance):
 
     def _insert_people(self, conn: Conn, gid: int, counts: Mapping[str, int]) -> dict[str, int]:
         """Insert new people ``{name: number of faces}`` into gallery ``gid`` (with their count); their ids."""
-        ids = self._insert_ids(conn, people, [{"gallery_id": gid, "name": n, "num_faces": k} for n, k in counts.items()])
+        ids = self._insert_ids(conn, people, ("gallery_id", "name", "num_faces"), [(gid, n, k) for n, k in counts.items()])
         return dict(zip(counts, ids))
 
     def _insert_faces(self, conn: Conn, gid: int, gen: int, rows: list[tuple[int, Any]]) -> list[int]:
         """Insert ``(person id, ValidFace)`` rows; their new ids, in order."""
-        return self._insert_ids(conn, faces, [
-            {"person_id": pid, "gallery_id": gid, "embedder": f.embedder, "dim": f.dim, "embedding": f.embedding,
-             "crop_png": f.crop_png, "source": f.source, "source_sha256": f.source_sha256, "box": f.box_json,
-             "landmarks": f.landmarks_json, "det_score": f.det_score, "gen": gen}
-            for pid, f in rows
+        return self._insert_ids(conn, faces, _NEW_FACE, [
+            (pid, gid, f.embedder, f.dim, f.embedding, f.crop_png, f.source, f.source_sha256, f.box_json,
+             f.landmarks_json, f.det_score, gen) for pid, f in rows
         ])
 
     def _people_ids(self, conn: Conn, gid: int, names: list[str]) -> dict[str, tuple[int, int]]:
@@ -370,9 +370,10 @@ class GalleryStore(Maintenance):
                 .where(people.c.gallery_id == gid, people.c.name.in_(names[s : s + 500]))))
         return found
 
-    def _insert_ids(self, conn: Conn, table: Any, rows: list[dict[str, Any]]) -> list[int]:
-        """Insert ``rows`` (all with the same keys) into ``table``; their new ids, in order."""
-        result = conn.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
+    def _insert_ids(self, conn: Conn, table: Any, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[int]:
+        """Insert ``rows`` (values of ``columns``) into ``table``; their new ids, in order."""
+        result = conn.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True),
+                              [dict(zip(columns, r)) for r in rows])
         return [int(r[0]) for r in result]
 
     def list_faces(self, gallery: str, person: str, *, with_embeddings: bool = False) -> list[FaceInfo]:

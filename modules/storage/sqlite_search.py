@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -125,15 +124,14 @@ _FACE_ROWS = (faces.c.id, faces.c.person_id, faces.c.embedder, faces.c.dim, type
 
 
 @functools.cache
-def _inserter(dialect: Any, table: Any, keys: tuple[str, ...]) -> tuple[str, Any, list[tuple[int, Any]], Any]:
-    """For :meth:`SQLiteGallery._insert_ids`: the ``INSERT`` of ``keys`` and ``created_at``, a getter of the keys'
-    values, and the columns' own bind processing (embedding -> float32 BLOB, timestamp -> ISO text) for the
-    keys that have one (their position) and for ``created_at``."""
-    columns = [*keys, "created_at"]
-    insert = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-    processed = [(i, p) for i, k in enumerate(keys) if (p := table.c[k].type.bind_processor(dialect))]
-    get = itemgetter(*keys) if len(keys) > 1 else (lambda row: (row[keys[0]],))
-    return insert, get, processed, table.c.created_at.type.bind_processor(dialect)
+def _inserter(dialect: Any, table: Any, columns: tuple[str, ...]) -> tuple[str, list[tuple[int, Any]], Any]:
+    """For :meth:`SQLiteGallery._insert_ids`: the ``INSERT`` of ``columns`` and ``created_at``, and the columns' own
+    bind processing (embedding -> float32 BLOB, timestamp -> ISO text) of those that have one (with their
+    position) and of ``created_at``."""
+    names = [*columns, "created_at"]
+    insert = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+    processed = [(i, p) for i, c in enumerate(columns) if (p := table.c[c].type.bind_processor(dialect))]
+    return insert, processed, table.c.created_at.type.bind_processor(dialect)
 
 
 # a gallery whole, on the driver's cursor (plain rows, no SQLAlchemy row per face); walks the faces_person index
@@ -176,19 +174,18 @@ class SQLiteGallery(GalleryStore):
         return f"SQLiteGallery({str(self.path)!r})"
 
     # --- the store's hooks -----------------------------------------------------------------------------
-    def _insert_ids(self, conn: Conn, table: Any, rows: list[dict[str, Any]]) -> list[int]:
+    def _insert_ids(self, conn: Conn, table: Any, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[int]:
         """One driver ``executemany`` (SQLite cannot batch ``RETURNING``: SQLAlchemy would send a statement a
         row).  The write transaction is ``BEGIN IMMEDIATE``, so no one else inserts meanwhile: the new rows are
         those above the previous largest id, in insertion order."""
         if not rows:
             return []
-        insert, get, processed, stamp = _inserter(conn.dialect, table, tuple(rows[0]))
-        now, values = stamp(datetime.now(timezone.utc)), []  # the creation time, the same for all, processed once
-        for r in rows:
-            row = [*get(r), now]
-            for i, process in processed:
+        insert, processed, stamp = _inserter(conn.dialect, table, columns)
+        now = stamp(datetime.now(timezone.utc))  # the creation time, the same for all, processed once
+        values = [[*r, now] for r in rows]
+        for i, process in processed:
+            for row in values:
                 row[i] = process(row[i])
-            values.append(row)
         cursor = driver_cursor(conn)  # plain SQL on the driver: no statement to build
         before = cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table.name}").fetchone()[0]
         cursor.executemany(insert, values)
