@@ -3,8 +3,8 @@ driver's cursor (:class:`~modules.storage.engine.Prepared`), and the counters it
 
 The counters (``people.num_faces``, ``galleries.people_with_faces``, ``gallery_embedders.faces``) are kept by
 the writes themselves, in the same transaction, one statement per change rather than one per face: a new
-person is inserted with their count, a deletion subtracts what a ``GROUP BY`` of the deleted faces counts, the
-change of ``people_with_faces`` rides on the gallery's generation stamp.  Every write holds the gallery's lock
+person is inserted with their count, a deletion subtracts a count of the faces it deletes, the change of
+``people_with_faces`` rides on the gallery's generation stamp.  Every write holds the gallery's lock
 (PostgreSQL: its row; SQLite: the database), so the counts cannot race.
 """
 from __future__ import annotations
@@ -73,12 +73,11 @@ _MORE_OF_EMBEDDER = {
 
 
 def _less_of_embedders(which: Any) -> Prepared:
-    """Subtract from the gallery's ``(embedder, dim)`` counts the faces ``which`` selects (before they go)."""
-    gone = (select(faces.c.embedder, faces.c.dim, func.count().label("n")).where(faces.c.gallery_id == _gid(), which)
-            .group_by(faces.c.embedder, faces.c.dim).subquery("gone"))
-    return Prepared(update(ge).where(ge.c.gallery_id == _gid(), ge.c.embedder == gone.c.embedder,
-                                     ge.c.dim == gone.c.dim)
-                    .values(faces=ge.c.faces - gone.c.n).returning(ge.c.faces))
+    """Subtract from each of the gallery's ``(embedder, dim)`` counts its faces that ``which`` selects (before they
+    go); a correlated count, cheaper than a ``GROUP BY`` for the few faces of one person."""
+    gone = select(func.count()).where(faces.c.gallery_id == _gid(), which, faces.c.embedder == ge.c.embedder,
+                                      faces.c.dim == ge.c.dim).scalar_subquery()
+    return Prepared(update(ge).where(ge.c.gallery_id == _gid()).values(faces=ge.c.faces - gone).returning(ge.c.faces))
 
 
 _PERSON_BY_NAME = select(people.c.id).where(people.c.gallery_id == _gid(), people.c.name == bindparam("name"))
